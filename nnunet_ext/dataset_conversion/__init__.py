@@ -1,0 +1,1 @@
+"""Public raw layouts and embedded demo data -> nnU-Net raw datasets with domain metadata."""

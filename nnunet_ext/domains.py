@@ -1,0 +1,128 @@
+"""Domain metadata of an nnU-Net raw dataset: which case comes from which scanner, site or simulation.
+
+The metadata lives in ``domains.json`` beside ``dataset.json`` in ``$nnUNet_raw/DatasetXXX_Name/``
+(nnU-Net ignores the file). Format (``format_version`` 1)::
+
+    {
+      "format_version": 1,
+      "domains": {
+        "mni152": {"description": "MNI ICBM152 2009a T1 (real MRI)", "simulated": false},
+        "mni152_bias_severe": {"description": "...", "simulated": true,
+                               "derived_from": "mni152", "transform": {"name": "RandomBiasField", ...}}
+      },
+      "cases": {
+        "mni152_slab00": {"domain": "mni152", "split": "train", "subject": "mni152"},
+        "mni152_bias_severe_slab07": {"domain": "mni152_bias_severe", "split": "test",
+                                      "subject": "mni152"}
+      }
+    }
+
+Case ids are file stems as nnU-Net uses them (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``;
+``imagesTs``/``labelsTs`` for ``split == "test"``). ``subject`` groups cases that must never be split
+across folds (one patient, or one source volume cut into slabs). Extra keys are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nnunet_ext.utils.atomic import write_json_atomic
+
+DOMAINS_FILENAME = "domains.json"
+FORMAT_VERSION = 1
+Split = Literal["train", "test"]
+
+
+@dataclass
+class DomainMetadata:
+    """Domains and the domain of every case of one dataset.
+
+    Attributes:
+        domains: domain name -> description dict (``description``, ``simulated`` and free extra keys).
+        cases: case id -> dict with ``domain``, ``split`` (``"train"``/``"test"``), ``subject`` and extras.
+    """
+
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add_domain(self, name: str, description: str, simulated: bool, **extra: Any) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"domain name must be a non-empty string without '/', got {name!r}")
+        self.domains[name] = {"description": description, "simulated": bool(simulated), **extra}
+
+    def add_case(self, case_id: str, domain: str, split: Split, subject: str, **extra: Any) -> None:
+        if domain not in self.domains:
+            raise ValueError(f"case {case_id!r}: unknown domain {domain!r}; add it with add_domain first")
+        if split not in ("train", "test"):
+            raise ValueError(f"case {case_id!r}: split must be 'train' or 'test', got {split!r}")
+        if case_id in self.cases:
+            raise ValueError(f"duplicate case id {case_id!r}")
+        self.cases[case_id] = {"domain": domain, "split": split, "subject": subject, **extra}
+
+    def domain_of(self, case_id: str) -> str:
+        try:
+            return self.cases[case_id]["domain"]
+        except KeyError:
+            raise KeyError(
+                f"case {case_id!r} has no entry in {DOMAINS_FILENAME}; add it or check the case name"
+            ) from None
+
+    def cases_of(self, domain: str, split: Split | None = None) -> list[str]:
+        return sorted(
+            c for c, m in self.cases.items() if m["domain"] == domain and (split is None or m["split"] == split)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "domains": self.domains, "cases": self.cases}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> DomainMetadata:
+        if not isinstance(d, dict) or "cases" not in d or "domains" not in d:
+            raise ValueError(f"{source}: expected an object with 'domains' and 'cases' (see nnunet_ext.domains)")
+        version = d.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{source}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+        meta = cls(domains=dict(d["domains"]), cases=dict(d["cases"]))
+        for case_id, m in meta.cases.items():
+            if not isinstance(m, dict) or "domain" not in m:
+                raise ValueError(f"{source}: case {case_id!r} has no 'domain'")
+            if m["domain"] not in meta.domains:
+                raise ValueError(
+                    f"{source}: case {case_id!r} names domain {m['domain']!r}, which is not listed under 'domains'"
+                )
+        return meta
+
+
+def save_domains(meta: DomainMetadata, path: str | os.PathLike) -> Path:
+    """Write ``meta`` atomically. ``path`` is a dataset folder or a ``.json`` file path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DOMAINS_FILENAME
+    write_json_atomic(path, meta.to_dict())
+    return path
+
+
+def load_domains(path: str | os.PathLike) -> DomainMetadata:
+    """Read domain metadata from a dataset folder or a ``.json`` file.
+
+    Raises:
+        FileNotFoundError: no metadata file there (names the path and how to create one).
+        ValueError: the file is not valid metadata.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / DOMAINS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no domain metadata at {path}. Datasets built by 'nnext demo-data' or 'nnext convert' carry one; "
+            f"for other datasets write a {DOMAINS_FILENAME} as described in nnunet_ext/domains.py"
+        )
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return DomainMetadata.from_dict(d, source=str(path))

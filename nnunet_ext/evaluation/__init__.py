@@ -1,0 +1,1 @@
+"""Per-domain and continual-learning evaluation: metrics, reports, plots."""

@@ -1,0 +1,1 @@
+"""Plans variants written by the nnext CLI (nnU-Net cannot discover external planners)."""

@@ -1,0 +1,1 @@
+"""Small helpers shared by the file-writing layers (dataset conversion, evaluation, CLI)."""
