@@ -20,6 +20,8 @@ def nnunet_env(raw: Path, preprocessed: Path, results: Path, base: Mapping[str, 
     env = dict(os.environ if base is None else base)
     env.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(results))
     env["PYTHONUNBUFFERED"] = "1"  # stream progress lines through the pipe as they happen
+    # nnU-Net spawns 8 export workers by default (each imports torch): on 2-4 cores that costs minutes
+    env.setdefault("nnUNet_def_n_proc", str(min(4, os.cpu_count() or 1)))
     env.update(extra)
     return env
 

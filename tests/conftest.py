@@ -1,0 +1,54 @@
+"""Shared fixtures: one tiny real-MRI nnU-Net dataset, planned and trained once per test session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nnunet_ext.utils import nnunet_commands as cmd
+
+TINY_ID = 997
+SMOKE_TRAINER = "nnUNetTrainerCPU_smoke"
+
+
+@dataclass
+class NnunetWorkspace:
+    root: Path
+    raw: Path
+    preprocessed: Path
+    results: Path
+    dataset_id: int
+    dataset_dir: Path
+    env: dict[str, str]
+
+    def model_dir(self, trainer: str = SMOKE_TRAINER, configuration: str = "2d") -> Path:
+        return self.results / self.dataset_dir.name / f"{trainer}__nnUNetPlans__{configuration}"
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> NnunetWorkspace:
+    """The tiny MNI152 tissue dataset, built and preprocessed (2d) with the stock planner."""
+    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    raw, pre, res = root / "nnUNet_raw", root / "nnUNet_preprocessed", root / "nnUNet_results"
+    for d in (raw, pre, res):
+        d.mkdir()
+    dataset_dir = build_demo_dataset("mni_tissue", TINY_ID, raw, seed=0, profile="tiny")
+    env = cmd.nnunet_env(raw, pre, res)
+    cmd.run_command(cmd.plan_and_preprocess_argv(TINY_ID, ["2d"]), env, root / "logs" / "plan.log")
+    return NnunetWorkspace(root, raw, pre, res, TINY_ID, dataset_dir, env)
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tiny_workspace) -> Path:
+    """fold 0 of the tiny dataset trained with the stock ``nnUNetv2_train`` and our smoke trainer."""
+    env = dict(tiny_workspace.env, nnUNet_n_proc_DA="0")
+    cmd.run_command(cmd.train_argv(TINY_ID, "2d", 0, SMOKE_TRAINER), env,
+                    tiny_workspace.root / "logs" / "train_smoke.log")
+    model_dir = tiny_workspace.model_dir()
+    assert (model_dir / "fold_0" / "checkpoint_final.pth").is_file()
+    return model_dir
+
