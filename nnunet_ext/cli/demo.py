@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from nnunet_ext.cli.demo_data import DATASETS
 
 #: trainers ``nnext demo`` runs by default: stock nnU-Net first, then methods as they land
 DEMO_TRAINERS: dict[str, str] = {
     "nnUNetTrainerCPU_demo": "stock nnU-Net (SGD, poly LR, default augmentation), CPU budget",
 }
-DEMO_DATASETS: dict[str, int] = {"mni-tissue": 990, "colin-skullstrip": 991}
+#: surface Dice tolerance: one voxel of the demo profile's 2 mm grid (1 mm would only count exact matches)
+DEMO_TOLERANCE_MM = 2.0
 _EPOCH_RE = re.compile(r"\bEpoch (\d+)\s*$")  # nnU-Net logs "<timestamp>: Epoch 3"
 
 
@@ -36,10 +40,15 @@ class DemoConfig:
     profile: str = "demo"
     device: str = "cpu"
     overwrite: bool = False
+    id_override: int | None = None
+
+    @property
+    def builder_name(self) -> str:
+        return DATASETS[self.dataset][0]
 
     @property
     def dataset_id(self) -> int:
-        return DEMO_DATASETS[self.dataset]
+        return self.id_override if self.id_override is not None else DATASETS[self.dataset][1]
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -73,13 +82,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         t0 = time.perf_counter()
         step("building embedded real-MRI dataset")
-        name = cfg.dataset.replace("-", "_")
         existing = sorted(raw.glob(f"Dataset{cfg.dataset_id:03d}_*"))
         if existing and not cfg.overwrite:
             dataset_dir = existing[0]
             console.print(f"reusing {dataset_dir}")
         else:
-            dataset_dir = build_demo_dataset(name, cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
+            dataset_dir = build_demo_dataset(cfg.builder_name, cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
                                              overwrite=cfg.overwrite)
         timings["build data"] = time.perf_counter() - t0
         progress.advance(overall)
@@ -116,6 +124,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             t0 = time.perf_counter()
             step(f"nnUNetv2_predict -tr {trainer}")
             pred_dir = work / "predictions" / trainer
+            shutil.rmtree(pred_dir, ignore_errors=True)  # stale cases would fail the evaluation
             cmd.run_command(cmd.predict_argv(dataset_dir / "imagesTs", pred_dir, cfg.dataset_id, cfg.configuration,
                                              cfg.fold, trainer, cfg.device), env, logs / f"predict_{trainer}.log")
             timings[f"predict {trainer}"] = time.perf_counter() - t0
@@ -124,14 +133,14 @@ def run_demo(cfg: DemoConfig) -> dict:
             t0 = time.perf_counter()
             step(f"nnext evaluate ({trainer})")
             result = evaluate_folder(pred_dir, dataset_dir / "labelsTs", dataset_dir / "dataset.json",
-                                     dataset_dir / "domains.json")
+                                     dataset_dir / "domains.json", tolerance_mm=DEMO_TOLERANCE_MM)
             write_report(result, work / "evaluation" / trainer, title=f"{trainer} on {dataset_dir.name}")
             results[trainer] = result
             timings[f"evaluate {trainer}"] = time.perf_counter() - t0
             progress.advance(overall)
 
     compare_report(results, work / "evaluation", title=f"nnext demo: {dataset_dir.name}, fold {cfg.fold}")
-    console.print((work / "evaluation" / "comparison.md").read_text(encoding="utf-8"))
+    console.print((work / "evaluation" / "comparison.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print("Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     console.print(f"Figure: {work / 'evaluation' / 'comparison.png'}; per-trainer reports in {work / 'evaluation'}")
     return results
@@ -140,7 +149,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 def run(args: argparse.Namespace) -> int:
     trainers = tuple(args.trainers) if args.trainers else tuple(DEMO_TRAINERS)
     cfg = DemoConfig(workdir=Path(args.workdir), dataset=args.dataset, trainers=trainers, fold=args.fold,
-                     seed=args.seed, profile=args.profile, device=args.device, overwrite=args.overwrite)
+                     seed=args.seed, profile=args.profile, device=args.device, overwrite=args.overwrite,
+                     id_override=args.id)
     run_demo(cfg)
     return 0
 
@@ -150,9 +160,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="the main job: build real-MRI data, plan, train, predict on shifted domains, evaluate",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="nnext_demo", help="folder for all outputs (default: ./nnext_demo)")
-    p.add_argument("--dataset", choices=sorted(DEMO_DATASETS), default="mni-tissue")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mni-tissue")
     p.add_argument("--trainers", nargs="+", metavar="TRAINER",
                    help="trainer class names (default: " + ", ".join(DEMO_TRAINERS) + ")")
+    p.add_argument("--id", type=int, help="dataset id inside the workdir (default: 990 mni-tissue, 991 colin)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated scanner effects")
     p.add_argument("--profile", choices=("demo", "tiny"), default="demo", help="dataset size")

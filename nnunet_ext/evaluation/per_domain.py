@@ -786,7 +786,8 @@ def _grouped_bar_png(
             values = [v for v in points[g][s] if not math.isnan(v)]
             offsets = jitter.uniform(-0.25 * width, 0.25 * width, len(values))
             ax.scatter(centres[g] + offsets, values, s=9, color="black", linewidths=0, zorder=3)
-    ax.set_xticks(x, groups, rotation=25 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    rotate = len(groups) > 4 or max(len(g) for g in groups) > 10
+    ax.set_xticks(x, groups, rotation=25 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylim(-0.02, 1.04)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -5,6 +5,29 @@ stock ``nnUNetv2_train`` / ``nnUNetv2_predict`` by name (see :mod:`nnunet_ext._a
 unique ``nnUNetTrainer<Method>[_<setting>]`` without ``__``.
 """
 
+from nnunet_ext.trainers.avagrad import (
+    AvaGradMixin,
+    LayerSpeedMixin,
+    nnUNetTrainerAvaGrad,
+    nnUNetTrainerAvaGrad_25epochs,
+    nnUNetTrainerAvaGrad_1000epochs,
+    nnUNetTrainerAvaGrad_layerspeed,
+    nnUNetTrainerAvaGradNoDA_25epochs,
+    nnUNetTrainerEarlyStopAdam_25epochs,
+    nnUNetTrainerEarlyStopAdam_50epochs,
+    nnUNetTrainerEarlyStopAdamNoDA_25epochs,
+    nnUNetTrainerEarlyStopSGD_25epochs,
+    nnUNetTrainerEarlyStopSGDNoDA_25epochs,
+    nnUNetTrainerSGD_layerspeed,
+)
 from nnunet_ext.trainers.budget import CPUBudgetMixin, nnUNetTrainerCPU_demo, nnUNetTrainerCPU_smoke
 
-__all__ = ["CPUBudgetMixin", "nnUNetTrainerCPU_demo", "nnUNetTrainerCPU_smoke"]
+__all__ = [
+    "AvaGradMixin", "CPUBudgetMixin", "LayerSpeedMixin",
+    "nnUNetTrainerAvaGrad", "nnUNetTrainerAvaGrad_25epochs", "nnUNetTrainerAvaGrad_1000epochs",
+    "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
+    "nnUNetTrainerCPU_demo", "nnUNetTrainerCPU_smoke",
+    "nnUNetTrainerEarlyStopAdam_25epochs", "nnUNetTrainerEarlyStopAdam_50epochs",
+    "nnUNetTrainerEarlyStopAdamNoDA_25epochs", "nnUNetTrainerEarlyStopSGD_25epochs",
+    "nnUNetTrainerEarlyStopSGDNoDA_25epochs", "nnUNetTrainerSGD_layerspeed",
+]

@@ -34,10 +34,10 @@ class CPUBudgetMixin:
 
 
 class nnUNetTrainerCPU_smoke(CPUBudgetMixin, nnUNetTrainer):
-    """2 epochs x 5 iterations: proves the whole chain runs (tests, ``nnext doctor --full``)."""
+    """4 epochs x 15 iterations: the end-to-end tests' budget; learns enough to beat trivial predictions."""
 
-    budget_epochs = 2
-    budget_iterations = 5
+    budget_epochs = 4
+    budget_iterations = 15
     budget_val_iterations = 2
 
 

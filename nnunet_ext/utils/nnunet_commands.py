@@ -46,6 +46,7 @@ def run_command(argv: list[str], env: Mapping[str, str], log_file: Path,
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # the log is what a user tails while a long step runs
             tail = (tail + [line.rstrip()])[-25:]
             if on_line is not None:
                 on_line(line.rstrip())

@@ -22,11 +22,23 @@ def test_checkpoint_holds_our_trainer_and_training_learned(smoke_model: Path):
 
     ckpt = torch.load(smoke_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == "nnUNetTrainerCPU_smoke"
-    assert ckpt["current_epoch"] == 2
+    assert ckpt["current_epoch"] == 4
     losses = ckpt["logging"]["train_losses"]
-    assert len(losses) == 2 and losses[-1] < losses[0], losses
-    summary = json.loads((smoke_model / "fold_0" / "validation" / "summary.json").read_text())
-    assert summary["foreground_mean"]["Dice"] > 0.3, summary["foreground_mean"]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses
+    assert (smoke_model / "fold_0" / "validation" / "summary.json").is_file()
+
+
+def _best_constant_dice(label_files: list[Path]) -> float:
+    """Mean foreground Dice of the best 'every voxel is label k' prediction: what an untrained net can score."""
+    refs = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in label_files]
+    best = 0.0
+    for k in (1, 2):
+        per_case = []
+        for ref in refs:
+            dice = [2 * (ref == c).sum() * (c == k) / ((ref == c).sum() + ref.size * (c == k)) for c in (1, 2)]
+            per_case.append(np.mean(dice))
+        best = max(best, float(np.mean(per_case)))
+    return best
 
 
 def test_stock_predict_and_per_domain_evaluation(smoke_model, tiny_workspace, tmp_path):
@@ -53,7 +65,9 @@ def test_stock_predict_and_per_domain_evaluation(smoke_model, tiny_workspace, tm
     domains = result["domains"]
     assert set(domains) == {"mni152", "mni152_sim_mild", "mni152_sim_moderate", "mni152_sim_severe"}
     in_domain = domains["mni152"]["foreground_mean"]["dice"]["mean"]
-    # 10 SGD iterations on 4 slabs already separate grey from white matter far above chance
-    assert in_domain > 0.3, in_domain
+    in_domain_refs = [ws.dataset_dir / "labelsTs" / f"{c}.nii.gz" for c, m in result["cases"].items()
+                      if m["domain"] == "mni152"]
+    # 60 SGD iterations on 4 slabs separate grey from white matter far above a constant prediction
+    assert in_domain > _best_constant_dice(in_domain_refs) + 0.2, in_domain
     severe = domains["mni152_sim_severe"]["foreground_mean"]["dice"]["mean"]
     assert np.isfinite(severe) and 0.0 <= severe <= 1.0
