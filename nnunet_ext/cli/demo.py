@@ -22,7 +22,8 @@ from nnunet_ext.cli.demo_data import DATASETS
 
 #: trainers ``nnext demo`` runs by default: stock nnU-Net first, then methods as they land
 DEMO_TRAINERS: dict[str, str] = {
-    "nnUNetTrainerCPU_demo": "stock nnU-Net (SGD, poly LR, default augmentation), CPU budget",
+    "nnUNetTrainerCPU_demo": "stock nnU-Net (SGD, poly LR, default augmentation), CPU budget 12 x 25 iterations",
+    "nnUNetTrainerAvaGrad_demo": "AvaGrad with early stopping (Sheikh et al. 2022), 3 x 25 iterations",
 }
 #: surface Dice tolerance: one voxel of the demo profile's 2 mm grid (1 mm would only count exact matches)
 DEMO_TOLERANCE_MM = 2.0

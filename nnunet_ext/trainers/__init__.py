@@ -20,12 +20,17 @@ from nnunet_ext.trainers.avagrad import (
     nnUNetTrainerEarlyStopSGDNoDA_25epochs,
     nnUNetTrainerSGD_layerspeed,
 )
-from nnunet_ext.trainers.budget import CPUBudgetMixin, nnUNetTrainerCPU_demo, nnUNetTrainerCPU_smoke
+from nnunet_ext.trainers.budget import (
+    CPUBudgetMixin,
+    nnUNetTrainerAvaGrad_demo,
+    nnUNetTrainerCPU_demo,
+    nnUNetTrainerCPU_smoke,
+)
 
 __all__ = [
     "AvaGradMixin", "CPUBudgetMixin", "LayerSpeedMixin",
     "nnUNetTrainerAvaGrad", "nnUNetTrainerAvaGrad_25epochs", "nnUNetTrainerAvaGrad_1000epochs",
-    "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
+    "nnUNetTrainerAvaGrad_demo", "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
     "nnUNetTrainerCPU_demo", "nnUNetTrainerCPU_smoke",
     "nnUNetTrainerEarlyStopAdam_25epochs", "nnUNetTrainerEarlyStopAdam_50epochs",
     "nnUNetTrainerEarlyStopAdamNoDA_25epochs", "nnUNetTrainerEarlyStopSGD_25epochs",

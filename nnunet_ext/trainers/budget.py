@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ext.trainers.avagrad import nnUNetTrainerAvaGrad
+
 
 class CPUBudgetMixin:
     """Overrides nnU-Net's training length after ``nnUNetTrainer.__init__``.
@@ -45,5 +47,13 @@ class nnUNetTrainerCPU_demo(CPUBudgetMixin, nnUNetTrainer):
     """The ``nnext demo`` budget for stock nnU-Net: 12 epochs x 25 iterations."""
 
     budget_epochs = 12
+    budget_iterations = 25
+    budget_val_iterations = 5
+
+
+class nnUNetTrainerAvaGrad_demo(CPUBudgetMixin, nnUNetTrainerAvaGrad):
+    """The ``nnext demo`` budget for AvaGrad with early stopping: 3 epochs x 25 iterations (1/4 of stock's)."""
+
+    budget_epochs = 3
     budget_iterations = 25
     budget_val_iterations = 5
