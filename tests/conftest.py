@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,17 @@ from nnunet_ext.utils import nnunet_commands as cmd
 
 TINY_ID = 997
 SMOKE_TRAINER = "nnUNetTrainerCPU_smoke"
+
+
+def environ_with(updates: dict[str, str | None]) -> dict[str, str]:
+    """A copy of ``os.environ`` with ``updates`` applied; a value of None removes the variable."""
+    env = dict(os.environ)
+    for k, v in updates.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
 
 
 @dataclass

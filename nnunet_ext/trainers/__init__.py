@@ -11,6 +11,7 @@ from nnunet_ext.trainers.avagrad import (
     nnUNetTrainerAvaGrad,
     nnUNetTrainerAvaGrad_25epochs,
     nnUNetTrainerAvaGrad_1000epochs,
+    nnUNetTrainerAvaGrad_demo,
     nnUNetTrainerAvaGrad_layerspeed,
     nnUNetTrainerAvaGradNoDA_25epochs,
     nnUNetTrainerEarlyStopAdam_25epochs,
@@ -20,15 +21,10 @@ from nnunet_ext.trainers.avagrad import (
     nnUNetTrainerEarlyStopSGDNoDA_25epochs,
     nnUNetTrainerSGD_layerspeed,
 )
-from nnunet_ext.trainers.budget import (
-    CPUBudgetMixin,
-    nnUNetTrainerAvaGrad_demo,
-    nnUNetTrainerCPU_demo,
-    nnUNetTrainerCPU_smoke,
-)
+from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin, nnUNetTrainerCPU_demo, nnUNetTrainerCPU_smoke
 
 __all__ = [
-    "AvaGradMixin", "CPUBudgetMixin", "LayerSpeedMixin",
+    "AvaGradMixin", "CPUBudgetMixin", "FixedEpochsMixin", "LayerSpeedMixin",
     "nnUNetTrainerAvaGrad", "nnUNetTrainerAvaGrad_25epochs", "nnUNetTrainerAvaGrad_1000epochs",
     "nnUNetTrainerAvaGrad_demo", "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
     "nnUNetTrainerCPU_demo", "nnUNetTrainerCPU_smoke",

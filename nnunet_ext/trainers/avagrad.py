@@ -38,6 +38,7 @@ from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import
 
 from nnunet_ext.core.avagrad import AvaGrad
 from nnunet_ext.core.layer_speed import GROUPS, UpdateMeter, layer_group
+from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
 from nnunet_ext.utils.atomic import write_json_atomic
 
 LAYER_SPEED_FILENAME = "layer_speed.json"
@@ -129,31 +130,22 @@ class LayerSpeedMixin:
         super().on_epoch_end()
 
 
-class nnUNetTrainerAvaGrad(AvaGradMixin, nnUNetTrainer):
+class nnUNetTrainerAvaGrad(FixedEpochsMixin, AvaGradMixin, nnUNetTrainer):
     """AG-50: AvaGrad (lr 10, eps 0.1), 50 epochs, everything else as nnU-Net. The paper's proposed default."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
+    epochs = 50
 
 
 class nnUNetTrainerAvaGrad_25epochs(nnUNetTrainerAvaGrad):
     """AG-25."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
+    epochs = 25
 
 
 class nnUNetTrainerAvaGrad_1000epochs(nnUNetTrainerAvaGrad):
     """AG-1000: AvaGrad without early stopping (the paper shows it generalises worse)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1000
+    epochs = 1000
 
 
 class nnUNetTrainerAvaGrad_layerspeed(LayerSpeedMixin, nnUNetTrainerAvaGrad):
@@ -164,57 +156,46 @@ class nnUNetTrainerSGD_layerspeed(LayerSpeedMixin, nnUNetTrainer):
     """Stock nnU-Net (S-1000) that also writes ``layer_speed.json`` (paper Fig. 2)."""
 
 
-class nnUNetTrainerEarlyStopSGD_25epochs(nnUNetTrainer):
+class nnUNetTrainerEarlyStopSGD_25epochs(FixedEpochsMixin, nnUNetTrainer):
     """S-25: stock SGD recipe, 25 epochs (nnunetv2 ships 20 and 50 but not 25)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
+    epochs = 25
 
 
-class nnUNetTrainerEarlyStopAdam_25epochs(nnUNetTrainerAdam):
+class nnUNetTrainerEarlyStopAdam_25epochs(FixedEpochsMixin, nnUNetTrainerAdam):
     """A-25: nnunetv2's ``nnUNetTrainerAdam`` (AdamW, amsgrad, lr 1e-2, poly), 25 epochs."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
+    epochs = 25
 
 
 class nnUNetTrainerEarlyStopAdam_50epochs(nnUNetTrainerEarlyStopAdam_25epochs):
     """A-50."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
+    epochs = 50
 
 
-class nnUNetTrainerEarlyStopSGDNoDA_25epochs(nnUNetTrainerNoDA):
+class nnUNetTrainerEarlyStopSGDNoDA_25epochs(FixedEpochsMixin, nnUNetTrainerNoDA):
     """S-25-noAug (paper Table 3)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
+    epochs = 25
 
 
-class nnUNetTrainerEarlyStopAdamNoDA_25epochs(nnUNetTrainerNoDA):
+class nnUNetTrainerEarlyStopAdamNoDA_25epochs(FixedEpochsMixin, nnUNetTrainerNoDA):
     """A-25-noAug (paper Table 3)."""
 
+    epochs = 25
     configure_optimizers = nnUNetTrainerAdam.configure_optimizers
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
 
-
-class nnUNetTrainerAvaGradNoDA_25epochs(AvaGradMixin, nnUNetTrainerNoDA):
+class nnUNetTrainerAvaGradNoDA_25epochs(FixedEpochsMixin, AvaGradMixin, nnUNetTrainerNoDA):
     """AG-25-noAug (paper Table 3)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 25
+    epochs = 25
+
+
+class nnUNetTrainerAvaGrad_demo(CPUBudgetMixin, nnUNetTrainerAvaGrad):
+    """The ``nnext demo`` budget for AvaGrad with early stopping: 3 epochs x 25 iterations (1/4 of stock's)."""
+
+    epochs = 3
+    budget_iterations = 25
+    budget_val_iterations = 5

@@ -11,26 +11,34 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.trainers.avagrad import nnUNetTrainerAvaGrad
+
+class FixedEpochsMixin:
+    """Sets nnU-Net's ``num_epochs`` from the class attribute ``epochs`` after ``nnUNetTrainer.__init__``."""
+
+    epochs: int = 1000
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
 
 
-class CPUBudgetMixin:
-    """Overrides nnU-Net's training length after ``nnUNetTrainer.__init__``.
+class CPUBudgetMixin(FixedEpochsMixin):
+    """Overrides nnU-Net's training length (epochs and iterations) after ``nnUNetTrainer.__init__``.
 
     Attributes:
-        budget_epochs: ``num_epochs``.
+        epochs: ``num_epochs``.
         budget_iterations: ``num_iterations_per_epoch`` (nnU-Net default 250).
         budget_val_iterations: ``num_val_iterations_per_epoch`` (nnU-Net default 50).
     """
 
-    budget_epochs: int = 10
+    epochs = 10
     budget_iterations: int = 25
     budget_val_iterations: int = 5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.budget_epochs
         self.num_iterations_per_epoch = self.budget_iterations
         self.num_val_iterations_per_epoch = self.budget_val_iterations
 
@@ -38,7 +46,7 @@ class CPUBudgetMixin:
 class nnUNetTrainerCPU_smoke(CPUBudgetMixin, nnUNetTrainer):
     """4 epochs x 15 iterations: the end-to-end tests' budget; learns enough to beat trivial predictions."""
 
-    budget_epochs = 4
+    epochs = 4
     budget_iterations = 15
     budget_val_iterations = 2
 
@@ -46,14 +54,7 @@ class nnUNetTrainerCPU_smoke(CPUBudgetMixin, nnUNetTrainer):
 class nnUNetTrainerCPU_demo(CPUBudgetMixin, nnUNetTrainer):
     """The ``nnext demo`` budget for stock nnU-Net: 12 epochs x 25 iterations."""
 
-    budget_epochs = 12
+    epochs = 12
     budget_iterations = 25
     budget_val_iterations = 5
 
-
-class nnUNetTrainerAvaGrad_demo(CPUBudgetMixin, nnUNetTrainerAvaGrad):
-    """The ``nnext demo`` budget for AvaGrad with early stopping: 3 epochs x 25 iterations (1/4 of stock's)."""
-
-    budget_epochs = 3
-    budget_iterations = 25
-    budget_val_iterations = 5

@@ -4,16 +4,11 @@ import sys
 
 from nnunet_ext import _autodiscover as ad
 from nnunet_ext.cli import doctor
+from tests.conftest import environ_with
 
 
 def _run_doctor(env_updates: dict[str, str | None]) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    for k, v in env_updates.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    env["COLUMNS"] = "200"
+    env = environ_with({**env_updates, "COLUMNS": "200"})
     return subprocess.run([sys.executable, "-m", "nnunet_ext", "doctor"], env=env, capture_output=True, text=True)
 
 

@@ -7,19 +7,14 @@ import sys
 import pytest
 
 from nnunet_ext import _autodiscover as ad
+from tests.conftest import environ_with
 
 PRINT_VAR = "import os; print(os.environ.get('nnUNet_extTrainer', '<unset>'))"
 
 
 def _fresh_python(env_updates: dict[str, str | None]) -> str:
-    env = dict(os.environ)
-    for k, v in env_updates.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return subprocess.run([sys.executable, "-c", PRINT_VAR], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", PRINT_VAR], env=environ_with(env_updates), capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def test_extended_value_appends_after_user_entries_and_is_idempotent():
