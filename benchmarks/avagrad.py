@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.full_epochs, args.seeds = 20, [0]
 
-    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset
+    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.layer_speed import plot_layer_speed
     from nnunet_ext.utils import nnunet_commands as cmd
 
@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     for d in (raw, pre):
         d.mkdir(parents=True, exist_ok=True)
     os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre))
-    existing = sorted(raw.glob(f"Dataset{DATASET_ID}_*"))
-    dataset_dir = existing[0] if existing else build_demo_dataset("mni_tissue", DATASET_ID, raw, seed=0)
+    dataset_dir = demo_dataset_folder("mni_tissue", DATASET_ID, raw)
+    if not dataset_dir.is_dir():
+        build_demo_dataset("mni_tissue", DATASET_ID, raw, seed=0)
     if not (pre / dataset_dir.name / "nnUNetPlans.json").is_file():
         cmd.run_command(cmd.plan_and_preprocess_argv(DATASET_ID, ["2d"]),
                         cmd.nnunet_env(raw, pre, work / "unused_results"), work / "plan.log")

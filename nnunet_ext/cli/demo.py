@@ -57,7 +57,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset
+    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.per_domain import compare_report, evaluate_folder, write_report
     from nnunet_ext.utils import nnunet_commands as cmd
 
@@ -83,9 +83,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         t0 = time.perf_counter()
         step("building embedded real-MRI dataset")
-        existing = sorted(raw.glob(f"Dataset{cfg.dataset_id:03d}_*"))
-        if existing and not cfg.overwrite:
-            dataset_dir = existing[0]
+        dataset_dir = demo_dataset_folder(cfg.builder_name, cfg.dataset_id, raw)
+        if dataset_dir.is_dir() and not cfg.overwrite:
             console.print(f"reusing {dataset_dir}")
         else:
             dataset_dir = build_demo_dataset(cfg.builder_name, cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
