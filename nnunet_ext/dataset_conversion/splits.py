@@ -1,0 +1,100 @@
+"""Subject-grouped splits: held-out test patients and nnU-Net folds in which no patient straddles folds.
+
+nnU-Net's own default split (``nnUNetTrainer.do_split``) is a random 5-fold split of *cases*. When one
+patient contributes several cases (M&Ms: an ED and an ES frame; the hippocampus stream: a left and a right
+crop) that split leaks a patient into both training and validation. The functions here split *subjects*
+and expand them to cases. The result is written as ``splits_final.json`` (a list of
+``{"train": [...], "val": [...]}``, nnU-Net's format) into the raw dataset folder;
+``nnUNetv2_plan_and_preprocess`` copies it into ``$nnUNet_preprocessed/DatasetXXX_Name/``, where
+``nnUNetv2_train`` reads it (nnunetv2 2.8.1 ``ExperimentPlanner.__init__`` / ``_maybe_copy_splits_file``).
+
+>>> folds = grouped_folds({"p1_ED": "p1", "p1_ES": "p1", "p2_ED": "p2", "p3_ED": "p3"}, num_folds=3, seed=0)
+>>> sorted(len(f["val"]) for f in folds)
+[1, 1, 2]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _subjects(case_subject: Mapping[str, str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for case, subject in case_subject.items():
+        groups[subject].append(case)
+    return {s: sorted(c) for s, c in sorted(groups.items())}
+
+
+def holdout_subjects(subjects: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """A seeded random ``fraction`` of ``subjects`` (at least one if fraction > 0 and there are >= 2).
+
+    Raises:
+        ValueError: ``fraction`` outside [0, 1).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"test fraction must be in [0, 1), got {fraction!r}")
+    ordered = sorted(set(subjects))
+    if fraction == 0 or len(ordered) < 2:
+        return set()
+    count = min(len(ordered) - 1, max(1, round(fraction * len(ordered))))
+    rng = np.random.default_rng(seed)
+    return {ordered[i] for i in rng.permutation(len(ordered))[:count]}
+
+
+def grouped_folds(case_subject: Mapping[str, str], num_folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Split cases into ``num_folds`` folds by subject, in nnU-Net's ``splits_final.json`` format.
+
+    Subjects are shuffled with ``numpy.random.default_rng(seed)`` and dealt to folds so that fold sizes
+    (in subjects) differ by at most one. With fewer subjects than folds, there is one fold per subject.
+
+    Args:
+        case_subject: case id -> subject id.
+        num_folds: requested number of folds (>= 2).
+        seed: shuffling seed.
+
+    Returns:
+        ``[{"train": [...], "val": [...]}, ...]`` with sorted case ids.
+
+    Raises:
+        ValueError: ``num_folds < 2`` or fewer than 2 subjects.
+    """
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
+    groups = _subjects(case_subject)
+    if len(groups) < 2:
+        raise ValueError(
+            f"need at least 2 training subjects for cross-validation, got {len(groups)} ({sorted(groups)}); "
+            f"convert more patients of the source domain or lower --test-fraction"
+        )
+    names = list(groups)
+    order = np.random.default_rng(seed).permutation(len(names))
+    k = min(num_folds, len(names))
+    val_subjects: list[list[str]] = [[] for _ in range(k)]
+    for position, index in enumerate(order):
+        val_subjects[position % k].append(names[index])
+    folds = []
+    for fold_subjects in val_subjects:
+        val = sorted(c for s in fold_subjects for c in groups[s])
+        train = sorted(c for s in names if s not in fold_subjects for c in groups[s])
+        folds.append({"train": train, "val": val})
+    check_no_straddling(folds, case_subject)
+    return folds
+
+
+def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subject: Mapping[str, str]) -> None:
+    """Raise if any fold has a subject on both its train and its val side.
+
+    Raises:
+        ValueError: naming the fold, the subject and its cases on each side.
+    """
+    bad = []
+    for i, fold in enumerate(folds):
+        train = {case_subject[c] for c in fold["train"]}
+        for c in fold["val"]:
+            if case_subject[c] in train:
+                bad.append(f"fold {i}: subject {case_subject[c]!r} ({c} in val, other cases in train)")
+    if bad:
+        raise ValueError("patients straddle folds:\n" + "\n".join(bad))
