@@ -28,14 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from bench_common import (
+    machine_facts,
+    plot_dice_per_domain,
+    prepare_demo_workspace,
+    seed_everything,
+    trainer_class,
+)
 
 DATASET_ID = 990
 
@@ -61,20 +66,6 @@ def configs(full_epochs: int) -> list[Config]:
     ]
 
 
-def _seed(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _trainer_class(name: str):
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    return recursive_find_trainer_class_by_name(name)
-
-
 def train_predict_evaluate(cfg: Config, seed: int, work: Path, dataset_dir: Path, iterations: int) -> dict:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -87,8 +78,8 @@ def train_predict_evaluate(cfg: Config, seed: int, work: Path, dataset_dir: Path
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
     dataset_json = json.loads((pre / "dataset.json").read_text())
-    _seed(seed)
-    trainer = _trainer_class(cfg.trainer)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    seed_everything(seed)
+    trainer = trainer_class(cfg.trainer)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = cfg.epochs, iterations, 2
     step_times: list[float] = []
     original_step = trainer.train_step
@@ -159,28 +150,6 @@ def summarize(runs: list[dict], cfgs: list[Config]) -> tuple[dict, str]:
     return table, "\n".join(lines)
 
 
-def plot(table: dict, out: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = list(table)
-    domains = list(next(iter(table.values()))["dice"])
-    fig = Figure(figsize=(8, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    width = 0.8 / len(names)
-    for i, n in enumerate(names):
-        means = [table[n]["dice"][d][0] for d in domains]
-        stds = [table[n]["dice"][d][1] for d in domains]
-        ax.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), means, width * 0.9, yerr=stds, label=n, capsize=2)
-    ax.set_xticks(np.arange(len(domains)), domains, rotation=20, ha="right")
-    ax.set_ylabel("mean foreground Dice (mean ± sd over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small", ncols=len(names), loc="lower center")
-    ax.set_title("AvaGrad benchmark: nnU-Net 2d, MNI152 tissue, simulated scanners")
-    fig.savefig(out, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("benchmarks/results/avagrad"))
@@ -192,22 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.full_epochs, args.seeds = 20, [0]
 
-    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.layer_speed import plot_layer_speed
-    from nnunet_ext.utils import nnunet_commands as cmd
 
     work = args.workdir.resolve()
-    raw, pre = work / "nnUNet_raw", work / "nnUNet_preprocessed"
-    for d in (raw, pre):
-        d.mkdir(parents=True, exist_ok=True)
-    os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre))
-    dataset_dir = demo_dataset_folder("mni_tissue", DATASET_ID, raw)
-    if not dataset_dir.is_dir():
-        build_demo_dataset("mni_tissue", DATASET_ID, raw, seed=0)
-    if not (pre / dataset_dir.name / "nnUNetPlans.json").is_file():
-        cmd.run_command(cmd.plan_and_preprocess_argv(DATASET_ID, ["2d"]),
-                        cmd.nnunet_env(raw, pre, work / "unused_results"), work / "plan.log")
-    os.environ["nnUNet_n_proc_DA"] = "0"  # fastest on 2 cores for training; planning crashes with it
+    dataset_dir = prepare_demo_workspace(work, DATASET_ID)
 
     cfgs = configs(args.full_epochs)
     e10 = cfgs[-1].epochs
@@ -224,13 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         (speed_dirs if cfg.layer_speed else runs).append(r if not cfg.layer_speed else r["fold_dir"])
     table, md = summarize(runs, cfgs)
     spreads = plot_layer_speed(speed_dirs, work / "layer_speed.png", labels=["SGD (nnU-Net)", "AvaGrad"])
-    plot(table, work / "dice_per_domain.png")
-    import platform
-
-    import torch
-
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-               "platform": platform.platform()}
+    plot_dice_per_domain(table, work / "dice_per_domain.png",
+                         "AvaGrad benchmark: nnU-Net 2d, MNI152 tissue, simulated scanners")
+    machine = machine_facts()
     (work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                    "machine": machine, "runs": runs, "table": table,
                                                    "layer_speed_spread": spreads}, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,3 +65,24 @@ def smoke_model(tiny_workspace) -> Path:
     assert (model_dir / "fold_0" / "checkpoint_final.pth").is_file()
     return model_dir
 
+
+def use_workspace_env(ws, monkeypatch, results):
+    """Point nnU-Net's environment variables at the workspace (results in ``results``) for in-process trainers."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(var, ws.env[var])
+    monkeypatch.setenv("nnUNet_results", str(results))
+
+
+def make_trainer(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3):
+    """An in-process trainer of ``cls`` on the workspace's 2d plans, fold 0, CPU, a tiny budget."""
+    use_workspace_env(ws, monkeypatch, tmp_path / "results")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    pre = ws.preprocessed / ws.dataset_dir.name
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    import torch
+
+    trainer = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, 1
+    return trainer

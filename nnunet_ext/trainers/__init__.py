@@ -32,3 +32,31 @@ __all__ = [
     "nnUNetTrainerEarlyStopAdamNoDA_25epochs", "nnUNetTrainerEarlyStopSGD_25epochs",
     "nnUNetTrainerEarlyStopSGDNoDA_25epochs", "nnUNetTrainerSGD_layerspeed",
 ]
+
+from nnunet_ext.trainers.fourier_mst import (  # noqa: E402
+    FourierMSTMixin,
+    nnUNetTrainerFourierMST,
+    nnUNetTrainerFourierMST_beta0p01,
+    nnUNetTrainerFourierMST_beta0p05,
+    nnUNetTrainerFourierMST_beta0p1,
+    nnUNetTrainerFourierMST_mode2d,
+    nnUNetTrainerFourierMST_mode2p5d,
+    nnUNetTrainerFourierMST_nmst3,
+    nnUNetTrainerFourierMST_random,
+    nnUNetTrainerFourierMST_single,
+    nnUNetTrainerFourierMST_smoke,
+)
+
+__all__ += [
+    "FourierMSTMixin",
+    "nnUNetTrainerFourierMST",
+    "nnUNetTrainerFourierMST_beta0p01",
+    "nnUNetTrainerFourierMST_beta0p05",
+    "nnUNetTrainerFourierMST_beta0p1",
+    "nnUNetTrainerFourierMST_mode2d",
+    "nnUNetTrainerFourierMST_mode2p5d",
+    "nnUNetTrainerFourierMST_nmst3",
+    "nnUNetTrainerFourierMST_random",
+    "nnUNetTrainerFourierMST_single",
+    "nnUNetTrainerFourierMST_smoke",
+]

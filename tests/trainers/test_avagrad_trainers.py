@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nnunet_ext.core.avagrad import AvaGrad
+from tests.conftest import make_trainer, use_workspace_env
 from nnunet_ext.trainers.avagrad import (
     LAYER_SPEED_FILENAME,
     nnUNetTrainerAvaGrad,
@@ -22,31 +23,13 @@ from nnunet_ext.trainers.avagrad import (
 pytestmark = pytest.mark.e2e
 
 
-def _env(ws, monkeypatch, results):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(var, ws.env[var])
-    monkeypatch.setenv("nnUNet_results", str(results))
-
-
-def _make(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3):
-    _env(ws, monkeypatch, tmp_path / "results")
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    pre = ws.preprocessed / ws.dataset_dir.name
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    trainer = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
-    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, 1
-    return trainer
-
-
 @pytest.mark.parametrize("cls,epochs", [(nnUNetTrainerAvaGrad, 50), (nnUNetTrainerAvaGrad_25epochs, 25),
                                         (nnUNetTrainerAvaGrad_1000epochs, 1000),
                                         (nnUNetTrainerEarlyStopSGD_25epochs, 25),
                                         (nnUNetTrainerEarlyStopAdam_25epochs, 25),
                                         (nnUNetTrainerEarlyStopAdamNoDA_25epochs, 25)])
 def test_paper_settings(cls, epochs, tiny_workspace, monkeypatch, tmp_path):
-    _env(tiny_workspace, monkeypatch, tmp_path)
+    use_workspace_env(tiny_workspace, monkeypatch, tmp_path)
     pre = tiny_workspace.preprocessed / tiny_workspace.dataset_dir.name
     plans = dict(json.loads((pre / "nnUNetPlans.json").read_text()), continue_training=False)
     trainer = cls(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()), device=torch.device("cpu"))
@@ -57,7 +40,7 @@ def test_paper_settings(cls, epochs, tiny_workspace, monkeypatch, tmp_path):
 
 def test_avagrad_training_records_layer_speed_and_checkpoints_optimizer_state(tiny_workspace, monkeypatch,
                                                                               tmp_path):
-    trainer = _make(nnUNetTrainerAvaGrad_layerspeed, tiny_workspace, monkeypatch, tmp_path)
+    trainer = make_trainer(nnUNetTrainerAvaGrad_layerspeed, tiny_workspace, monkeypatch, tmp_path)
     trainer.run_training()
     assert isinstance(trainer.optimizer, AvaGrad)
     assert trainer.optimizer.param_groups[0]["step"] == 6
@@ -74,7 +57,7 @@ def test_avagrad_training_records_layer_speed_and_checkpoints_optimizer_state(ti
     assert all(len(v) == 2 for v in speed["updates"].values())
 
     ckpt_path = next((tmp_path / "results").glob("**/fold_0/checkpoint_final.pth"))
-    resumed = _make(nnUNetTrainerAvaGrad_layerspeed, tiny_workspace, monkeypatch, tmp_path)
+    resumed = make_trainer(nnUNetTrainerAvaGrad_layerspeed, tiny_workspace, monkeypatch, tmp_path)
     resumed.load_checkpoint(str(ckpt_path))
     assert resumed.optimizer.param_groups[0]["step"] == 6
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)["optimizer_state"]["state"]
