@@ -60,3 +60,27 @@ __all__ += [
     "nnUNetTrainerFourierMST_single",
     "nnUNetTrainerFourierMST_smoke",
 ]
+
+from nnunet_ext.trainers.catenorm import (
+    nnUNetTrainerCateNorm,
+    nnUNetTrainerCateNorm_block1,
+    nnUNetTrainerCateNorm_block1_demo,
+    nnUNetTrainerCateNorm_demo,
+    nnUNetTrainerCateNorm_smoke,
+    nnUNetTrainerCateNorm_warmup0,
+    nnUNetTrainerCateNorm_warmup160,
+    nnUNetTrainerCateNorm_warmup500,
+    nnUNetTrainerCateNormAvaGrad,
+)
+
+__all__ += [
+    "nnUNetTrainerCateNorm",
+    "nnUNetTrainerCateNormAvaGrad",
+    "nnUNetTrainerCateNorm_block1",
+    "nnUNetTrainerCateNorm_block1_demo",
+    "nnUNetTrainerCateNorm_demo",
+    "nnUNetTrainerCateNorm_smoke",
+    "nnUNetTrainerCateNorm_warmup0",
+    "nnUNetTrainerCateNorm_warmup160",
+    "nnUNetTrainerCateNorm_warmup500",
+]
