@@ -15,21 +15,11 @@ See documentation/datasets.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from nnunet_ext.cli.main import UserError
-
-
-def _raw_root(value: str | None) -> Path:
-    if value:
-        return Path(value)
-    env = os.environ.get("nnUNet_raw")
-    if not env:
-        raise UserError("--raw-root not given and nnUNet_raw is not set; pass --raw-root DIR or export nnUNet_raw=DIR")
-    return Path(env)
+from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
 
 
 def _progress(done: int, total: int, case: str) -> None:
@@ -54,7 +44,7 @@ def _summary(folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     from nnunet_ext.dataset_conversion.common import ConversionError
 
-    raw_root = _raw_root(args.raw_root)
+    raw_root = resolve_raw_root(args.raw_root)
     common = {"overwrite": args.overwrite, "progress": _progress}
     try:
         if args.dataset == "cc359":

@@ -12,27 +12,17 @@ test slabs per severity; ``domains.json`` says which case belongs to which domai
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from nnunet_ext.cli.main import UserError
+from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
 
 #: CLI name -> (builder name, default dataset id)
 DATASETS: dict[str, tuple[str, int]] = {
     "mni-tissue": ("mni_tissue", 990),
     "colin-skullstrip": ("colin_skullstrip", 991),
 }
-
-
-def _raw_root(value: str | None) -> Path:
-    if value:
-        return Path(value)
-    env = os.environ.get("nnUNet_raw")
-    if not env:
-        raise UserError("--raw-root not given and nnUNet_raw is not set; pass --raw-root DIR or export nnUNet_raw=DIR")
-    return Path(env)
 
 
 def _summary(folder: Path) -> str:
@@ -66,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "all" and args.id is not None:
         raise ValueError("--id names one dataset; with 'all' the default ids are used (990, 991). "
                          "Build datasets one at a time to choose ids.")
-    raw_root = _raw_root(args.raw_root)
+    raw_root = resolve_raw_root(args.raw_root)
     chosen = list(DATASETS) if args.dataset == "all" else [args.dataset]
     available = available_demo_datasets()
     missing = {c: available[DATASETS[c][0]] for c in chosen if available[DATASETS[c][0]] is not None}

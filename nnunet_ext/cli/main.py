@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from nnunet_ext import __version__
 
@@ -19,6 +21,16 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("doctor", "demo", "demo_data", "convert",
 
 class UserError(Exception):
     """An error caused by the user's input; printed without a traceback, exit code 2."""
+
+
+def raw_root(value: str | None) -> Path:
+    """The nnU-Net raw folder: ``--raw-root`` if given, else ``$nnUNet_raw``."""
+    if value:
+        return Path(value)
+    env = os.environ.get("nnUNet_raw")
+    if not env:
+        raise UserError("--raw-root not given and nnUNet_raw is not set; pass --raw-root DIR or export nnUNet_raw=DIR")
+    return Path(env)
 
 
 def build_parser() -> argparse.ArgumentParser:
