@@ -295,15 +295,14 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
         groups = create_lists_from_splitted_dataset_folder(str(images), dataset["file_ending"])
         if not groups:
             raise UserError(f"target {name}: no images named CASE_0000{dataset['file_ending']} in {images}")
-        missing = [g[0] for g in groups
-                   if not (Path(refs) / (Path(g[0]).name[: -len("_0000" + dataset["file_ending"])]
-                                         + dataset["file_ending"])).is_file()]
+        ending = dataset["file_ending"]
+        labels_of = {files[0]: Path(refs) / (Path(files[0]).name[: -len("_0000" + ending)] + ending) for files in groups}
+        missing = [image for image, label in labels_of.items() if not label.is_file()]
         if missing:
             raise UserError(f"target {name}: no label in {refs} for {missing}")
         cases[name] = []
         for files in groups:
-            seg_file = Path(refs) / (Path(files[0]).name[: -len("_0000" + dataset["file_ending"])] + dataset["file_ending"])
-            data, seg, _ = preprocessor.run_case(files, str(seg_file), predictor.plans_manager,
+            data, seg, _ = preprocessor.run_case(files, str(labels_of[files[0]]), predictor.plans_manager,
                                                  predictor.configuration_manager, dataset)
             cases[name].append((data, seg[0]))
     grid: dict[str, list[float]] = {name: [] for name in cases}

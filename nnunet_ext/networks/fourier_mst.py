@@ -84,6 +84,7 @@ class StyleBank(nn.Module):
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
         self.patch_size = patch_size
         spatial_dims = 2 if spatial_dims is None else spatial_dims
+        self._cache: dict[tuple, object] = {}  # donor amplitudes, SR-SIM features, windows; keyed by the donors
         self.register_buffer("donors", torch.zeros((0, num_channels, *patch_size), dtype=torch.float16))
         self.register_buffer("beta", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("n_mst", torch.tensor(1, dtype=torch.int64))
@@ -94,7 +95,6 @@ class StyleBank(nn.Module):
         self.register_buffer("seed", torch.tensor(0, dtype=torch.int64))
         self.configure(beta=beta, n_mst=n_mst, mode=mode, selection=selection, spatial_dims=spatial_dims,
                        neighbours=neighbours, seed=seed)
-        self._cache: dict[tuple, object] = {}
         self._warned_small_bank = False
 
     # settings ------------------------------------------------------------------------------------------------
@@ -136,6 +136,8 @@ class StyleBank(nn.Module):
             raise ValueError(f"spatial_dims=3 (3D spectra) needs mode='3d' (whole-patch donors), got mode {mode!r}")
         if neighbours < 0:
             raise ValueError(f"neighbours (m of the 2.5d mode) must be >= 0, got {neighbours!r}")
+        if spatial_dims != int(self.spatial_dims):
+            self._cache = {}  # the donor amplitudes depend on the transformed axes
         self.beta.fill_(beta)
         self.n_mst.fill_(n_mst)
         self.mode_index.fill_(MODES.index(mode))
@@ -143,7 +145,6 @@ class StyleBank(nn.Module):
         self.spatial_dims.fill_(spatial_dims)
         self.neighbours.fill_(neighbours)
         self.seed.fill_(seed)
-        self._cache = {}
 
     def settings(self) -> dict[str, object]:
         """Settings and bank size as plain Python values (for logs and reports)."""
@@ -183,7 +184,7 @@ class StyleBank(nn.Module):
                                       error_msgs)
 
     def _cached(self, name: str, make):
-        key = (name, self.donors.device, self.donors.data_ptr(), len(self), float(self.beta))
+        key = (name, self.donors.device, self.donors.data_ptr(), len(self))
         if key not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k[1:3] == key[1:3]}
             self._cache[key] = make()
@@ -200,8 +201,8 @@ class StyleBank(nn.Module):
         return self._cached("features", make)
 
     def _mask(self, spatial: tuple[int, ...]) -> torch.Tensor:
-        return self._cached(f"mask{spatial}", lambda: low_frequency_mask(spatial, float(self.beta),
-                                                                         device=self.donors.device))
+        beta = float(self.beta)
+        return self._cached(f"mask{spatial}{beta}", lambda: low_frequency_mask(spatial, beta, device=self.donors.device))
 
     # the method ----------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
