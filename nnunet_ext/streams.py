@@ -125,18 +125,19 @@ class Stream:
         extra = {k: v for k, v in d.items() if k not in ("format_version", "scenario", "stages")}
         return cls(tuple(stages), d.get("scenario"), extra, Path(source) if source is not None else None)
 
-    def check_cases(self, training_cases: Iterable[str], test_cases: Iterable[str] | None = None) -> None:
+    def check_cases(self, training_cases: Iterable[str] | None, test_cases: Iterable[str] | None = None) -> None:
         """Check that every case the stream names exists.
 
         Args:
-            training_cases: case ids available for training (``imagesTr`` or the preprocessed folder).
+            training_cases: case ids available for training (``imagesTr`` or the preprocessed folder);
+                ``None`` skips the check of the ``train`` and ``val`` lists.
             test_cases: case ids in ``imagesTs``; ``None`` skips the check of the ``test`` lists.
 
         Raises:
             ValueError: naming the stream file, the stage and up to five unknown cases.
         """
         where = str(self.source) if self.source is not None else "<stream>"
-        known = set(training_cases)
+        known = None if training_cases is None else set(training_cases)
         known_test = None if test_cases is None else set(test_cases)
         for s in self.stages:
             for key, pool in (("train", known), ("val", known), ("test", known_test)):

@@ -75,6 +75,7 @@ def test_check_cases_names_stage_list_and_cases() -> None:
     stream = Stream.from_dict(_stream_dict(), source="s.json")
     stream.check_cases(["a", "b", "c", "d"], ["t0", "t1", "t2"])
     stream.check_cases(["a", "b", "c", "d"])  # test lists not checked
+    stream.check_cases(None, ["t0", "t1", "t2"])  # train/val lists not checked
     with pytest.raises(ValueError, match=r"s.json: stage 0 'val' names 1 case\(s\) not found .*\['c'\]"):
         stream.check_cases(["a", "b", "d"], ["t0", "t1", "t2"])
     with pytest.raises(ValueError, match=r"stage 1 'test' names 1 case\(s\) not found in imagesTs: \['t2'\]"):
