@@ -84,3 +84,17 @@ __all__ += [
     "nnUNetTrainerCateNorm_warmup160",
     "nnUNetTrainerCateNorm_warmup500",
 ]
+
+from nnunet_ext.trainers.stream import (  # noqa: E402
+    StreamTrainerMixin,
+    nnUNetTrainerSequential,
+    nnUNetTrainerSequential_50epochs,
+    nnUNetTrainerSequential_smoke,
+)
+
+__all__ += [
+    "StreamTrainerMixin",
+    "nnUNetTrainerSequential",
+    "nnUNetTrainerSequential_50epochs",
+    "nnUNetTrainerSequential_smoke",
+]
