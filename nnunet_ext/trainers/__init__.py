@@ -98,3 +98,23 @@ __all__ += [
     "nnUNetTrainerSequential_50epochs",
     "nnUNetTrainerSequential_smoke",
 ]
+
+from nnunet_ext.trainers.continual_baselines import (  # noqa: E402
+    ContinualRegularizerMixin,
+    EWCMixin,
+    LwFMixin,
+    nnUNetTrainerEWC,
+    nnUNetTrainerEWC_smoke,
+    nnUNetTrainerLwF,
+    nnUNetTrainerLwF_smoke,
+)
+
+__all__ += [
+    "ContinualRegularizerMixin",
+    "EWCMixin",
+    "LwFMixin",
+    "nnUNetTrainerEWC",
+    "nnUNetTrainerEWC_smoke",
+    "nnUNetTrainerLwF",
+    "nnUNetTrainerLwF_smoke",
+]
