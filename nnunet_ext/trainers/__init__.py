@@ -104,8 +104,10 @@ from nnunet_ext.trainers.continual_baselines import (  # noqa: E402
     EWCMixin,
     LwFMixin,
     nnUNetTrainerEWC,
+    nnUNetTrainerEWC_50epochs,
     nnUNetTrainerEWC_smoke,
     nnUNetTrainerLwF,
+    nnUNetTrainerLwF_50epochs,
     nnUNetTrainerLwF_smoke,
 )
 
@@ -114,7 +116,9 @@ __all__ += [
     "EWCMixin",
     "LwFMixin",
     "nnUNetTrainerEWC",
+    "nnUNetTrainerEWC_50epochs",
     "nnUNetTrainerEWC_smoke",
     "nnUNetTrainerLwF",
+    "nnUNetTrainerLwF_50epochs",
     "nnUNetTrainerLwF_smoke",
 ]

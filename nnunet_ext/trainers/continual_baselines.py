@@ -279,6 +279,18 @@ class nnUNetTrainerLwF(LwFMixin, nnUNetTrainer):
     """LwF, T = 2, alpha 1, 200 epochs per stage (the ODEx paper's budget)."""
 
 
+class nnUNetTrainerEWC_50epochs(nnUNetTrainerEWC):
+    """EWC with 50 epochs per stage (as ``nnUNetTrainerSequential_50epochs``)."""
+
+    epochs_per_stage = 50
+
+
+class nnUNetTrainerLwF_50epochs(nnUNetTrainerLwF):
+    """LwF with 50 epochs per stage (as ``nnUNetTrainerSequential_50epochs``)."""
+
+    epochs_per_stage = 50
+
+
 class nnUNetTrainerEWC_smoke(EWCMixin, CPUBudgetMixin, nnUNetTrainer):
     """Tests: 2 epochs x 15 iterations per stage, Fisher over 4 batches."""
 

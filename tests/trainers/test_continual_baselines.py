@@ -17,8 +17,10 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunet_ext.core.continual_regularizers import deep_supervision_distillation_loss
 from nnunet_ext.trainers.continual_baselines import (
     nnUNetTrainerEWC,
+    nnUNetTrainerEWC_50epochs,
     nnUNetTrainerEWC_smoke,
     nnUNetTrainerLwF,
+    nnUNetTrainerLwF_50epochs,
     nnUNetTrainerLwF_smoke,
 )
 from nnunet_ext.trainers.stream import STREAM_CHECKPOINT_KEY
@@ -27,7 +29,8 @@ from tests.trainers.stream_workspace import stream_workspace
 
 pytestmark = pytest.mark.e2e
 
-TRAINERS = [nnUNetTrainerEWC, nnUNetTrainerEWC_smoke, nnUNetTrainerLwF, nnUNetTrainerLwF_smoke]
+TRAINERS = [nnUNetTrainerEWC, nnUNetTrainerEWC_50epochs, nnUNetTrainerEWC_smoke, nnUNetTrainerLwF,
+            nnUNetTrainerLwF_50epochs, nnUNetTrainerLwF_smoke]
 
 
 def _ckpt(trainer, name: str) -> dict:
@@ -65,6 +68,7 @@ def test_settings():
         (0.4, "sum", 50)
     assert (nnUNetTrainerLwF.lwf_temperature, nnUNetTrainerLwF.lwf_alpha) == (2.0, 1.0)
     assert nnUNetTrainerEWC.epochs_per_stage == nnUNetTrainerLwF.epochs_per_stage == 200
+    assert nnUNetTrainerEWC_50epochs.epochs_per_stage == nnUNetTrainerLwF_50epochs.epochs_per_stage == 50
 
 
 @pytest.mark.parametrize("attr,value,match", [("ewc_lambda", -1.0, "ewc_lambda"),
