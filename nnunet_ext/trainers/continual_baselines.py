@@ -204,6 +204,11 @@ class EWCMixin(ContinualRegularizerMixin):
         if "ewc" not in state:
             raise ValueError(f"the checkpoint has no EWC state: it was not written by {type(self).__name__}; "
                              f"resume with the trainer that wrote it, or start a new run without --c")
+        saved = (state["ewc"]["mode"], float(state["ewc"]["gamma"]))
+        if saved != (self.ewc.mode, self.ewc.gamma):
+            raise ValueError(f"the checkpoint's EWC state was consolidated with mode/gamma {saved}, but "
+                             f"{type(self).__name__} has {(self.ewc.mode, self.ewc.gamma)}; resume with the same "
+                             f"settings, or start a new run without --c")
         self.ewc.load_state_dict(state["ewc"], device=self.device)
 
 

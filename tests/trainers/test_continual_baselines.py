@@ -115,6 +115,11 @@ def test_ewc_consolidates_after_each_stage_and_resumes(tiny_workspace, monkeypat
     assert mid.ewc.num_stages == 1 and mid.current_stage == 1
     penalty = mid.regularization_loss(None, None)
     assert penalty.item() == pytest.approx(0.0, abs=1e-12)  # weights == anchors right after stage 0
+    # resuming with other consolidation settings is refused
+    online = type("nnUNetTrainerEWCOnline", (nnUNetTrainerEWC_smoke,), {"ewc_mode": "online", "ewc_gamma": 0.5})
+    other = make_trainer(online, ws, monkeypatch, tmp_path / "other", epochs=4, iterations=2)
+    with pytest.raises(ValueError, match="mode/gamma"):
+        other.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_stage_0.pth"))
 
 
 def _distance_from_anchor(trainer) -> float:
