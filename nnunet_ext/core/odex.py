@@ -18,11 +18,15 @@ The pieces, all pure torch (float64 for the statistics):
   empirical covariance plus a small ridge: positive definite even with fewer samples than dimensions.
 - **Distance**: Mahalanobis distance through a Cholesky factor (:func:`mahalanobis`), summed over a
   model's history of Gaussians (:func:`summed_distance`, the paper's Eq. 4).
-- **Normalisation and threshold** (:class:`Calibration`, :func:`decide`): after each stage we record the
-  minimum, maximum and mean of the in-distribution summed distances (the stage's own training samples to the
-  model's updated history). A distance ``d`` is normalised "between the minimum and doubled maximum
-  in-distribution values", ``(d - d_min) / (2 d_max - d_min)``, and the threshold is ``xi = 2 mu`` with
-  ``mu`` the normalised mean in-distribution distance.
+- **Normalisation and threshold** (:class:`Calibration`, :func:`history_score`, :func:`decide`): when a
+  Gaussian is added to a history we record the minimum, maximum and mean of the in-distribution distances
+  (fresh samples of its stage to it). A distance ``d`` is normalised "between the minimum and doubled
+  maximum in-distribution values", ``(d - d_min) / (2 d_max - d_min)``, per Gaussian; a model's score is the
+  sum over its history divided by the history length, and the threshold is ``xi = 2 mu`` with ``mu`` the
+  normalised mean in-distribution distance (averaged over the history). **Deviation:** the paper compares
+  raw summed distances. A new model inherits its parent's history plus one Gaussian, so its raw sum is
+  always larger than its parent's and it would never be selected; per-Gaussian normalisation and the
+  division by the history length put models with different histories on one scale.
 
 >>> torch.manual_seed(0) and None
 >>> z = torch.randn(50, 4, dtype=torch.float64)
@@ -223,63 +227,85 @@ class Calibration:
 
 
 def normalise(distance: torch.Tensor | float, calibration: torch.Tensor) -> torch.Tensor:
-    """``(d - d_min) / (2 d_max - d_min)`` with ``calibration = [d_min, d_max, d_mean]``.
+    """``(d - d_min) / (2 d_max - d_min)`` with ``calibration = [d_min, d_max, d_mean]`` (last axis).
 
     0 at the smallest in-distribution distance, 1 at twice the largest; the denominator is kept >= 1e-12.
     """
-    d_min, d_max = calibration[0], calibration[1]
+    d_min, d_max = calibration[..., 0], calibration[..., 1]
     return (torch.as_tensor(distance, dtype=torch.float64) - d_min) / (2 * d_max - d_min).clamp_min(1e-12)
 
 
-def threshold(calibration: torch.Tensor) -> torch.Tensor:
-    """The paper's ``xi = 2 mu``: twice the normalised mean in-distribution distance."""
-    return 2 * normalise(calibration[2], calibration)
+def history_score(z: torch.Tensor, means: torch.Tensor, chols: torch.Tensor,
+                  calibrations: torch.Tensor) -> torch.Tensor:
+    """A model's distance to ``z``: its history's summed normalised Mahalanobis distances over the length.
+
+    Each Gaussian ``h`` normalises its own distance with its in-distribution calibration (:func:`normalise`);
+    the normalised distances are summed over the history (the paper's Eq. 4) and divided by the history
+    length so that models with histories of different lengths compare on one scale.
+
+    Shape:
+        z: ``(N, D)``; means: ``(H, D)``; chols: ``(H, D, D)``; calibrations: ``(H, 3)``. Returns ``(N,)``;
+        ``inf`` when ``H = 0``.
+    """
+    if means.shape[0] == 0:
+        return torch.full((z.shape[0],), math.inf, dtype=torch.float64, device=z.device)
+    per = torch.stack([normalise(mahalanobis(z, m, c), cal.to(z.device))
+                       for m, c, cal in zip(means, chols, calibrations)])
+    return per.sum(0) / means.shape[0]
+
+
+def history_threshold(calibrations: torch.Tensor) -> torch.Tensor:
+    """The paper's ``xi = 2 mu``: twice the normalised mean in-distribution distance, averaged over the history.
+
+    Shape:
+        calibrations: ``(H, 3)``. Returns a scalar; ``inf`` when ``H = 0``.
+    """
+    if calibrations.shape[0] == 0:
+        return torch.tensor(math.inf, dtype=torch.float64)
+    return 2 * normalise(calibrations[:, 2], calibrations).mean()
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Outcome of the expansion rule for one stage.
+    """Outcome of the expansion rule for one stage (or the routing of one input).
 
     Attributes:
-        best: index of the model with the smallest normalised distance.
-        normalised: normalised distance of every model (``inf`` for a model without history).
-        xi: threshold of the best model (``-inf`` forces expansion).
-        expand: True when ``normalised[best] >= xi``: a new model starts from ``best``.
+        best: index of the model with the smallest score.
+        scores: every model's score (:func:`history_score`; ``inf`` for a model without history).
+        xi: threshold applied to the best model (``-inf`` forces expansion).
+        expand: True when ``scores[best] >= xi``: a new model starts from ``best``.
     """
 
     best: int
-    normalised: tuple[float, ...]
+    scores: tuple[float, ...]
     xi: float
     expand: bool
 
 
-def decide(mean_distances: torch.Tensor, calibrations: torch.Tensor, xi: float | None = None) -> Decision:
+def decide(scores: torch.Tensor, thresholds: torch.Tensor, xi: float | None = None) -> Decision:
     """The ODEx expansion rule (pure function).
 
     Args:
-        mean_distances: ``(M,)`` mean summed distance of the new stage's samples to each model's history
-            (``nan`` or ``inf`` for a model without history).
-        calibrations: ``(M, 3)`` each model's ``[d_min, d_max, d_mean]``.
-        xi: fixed threshold on the normalised scale, or ``None`` for each model's ``2 mu`` (paper);
-            ``-inf`` expands at every stage (the paper's ``ODEx -inf xi`` ablation).
+        scores: ``(M,)`` each model's (mean) score on the new data (``inf``/``nan``: no history).
+        thresholds: ``(M,)`` each model's ``xi = 2 mu`` (:func:`history_threshold`).
+        xi: fixed threshold instead of the per-model one; ``-inf`` expands at every stage (the paper's
+            ``ODEx -inf xi`` ablation).
 
     Returns:
-        A :class:`Decision`. The best model is the one with the smallest *normalised* distance, so that
-        models whose histories hold different numbers of Gaussians are compared on one scale.
+        A :class:`Decision`. When no model has a history there is nothing to compare with: ``best`` is 0 and
+        ``expand`` is False (unless ``xi`` is ``-inf``).
 
     Raises:
         ValueError: shapes disagree or there is no model.
     """
-    if mean_distances.ndim != 1 or mean_distances.numel() == 0 or calibrations.shape != (mean_distances.numel(), 3):
-        raise ValueError(f"mean_distances must be (M,) with M >= 1 and calibrations (M, 3), got "
-                         f"{tuple(mean_distances.shape)} and {tuple(calibrations.shape)}")
-    scores = []
-    for d, cal in zip(mean_distances.to(torch.float64), calibrations.to(torch.float64)):
-        ok = bool(torch.isfinite(d)) and bool(torch.isfinite(cal).all())
-        scores.append(float(normalise(d, cal)) if ok else math.inf)
-    best = min(range(len(scores)), key=lambda i: scores[i])
-    limit = float(threshold(calibrations[best].to(torch.float64))) if xi is None else float(xi)
-    if not math.isfinite(scores[best]) and xi is None:
-        limit = math.inf  # no model has a history yet: nothing to compare with, keep training
-    expand = (scores[best] >= limit) if math.isfinite(scores[best]) else (xi is not None and xi == -math.inf)
-    return Decision(best, tuple(scores), limit, bool(expand))
+    if scores.ndim != 1 or scores.numel() == 0 or thresholds.shape != scores.shape:
+        raise ValueError(f"scores and thresholds must both be (M,) with M >= 1, got {tuple(scores.shape)} and "
+                         f"{tuple(thresholds.shape)}")
+    values = [float(v) if math.isfinite(float(v)) else math.inf for v in scores]
+    best = min(range(len(values)), key=lambda i: values[i])
+    limit = float(thresholds[best]) if xi is None else float(xi)
+    if math.isfinite(values[best]):
+        expand = values[best] >= limit
+    else:
+        expand = xi is not None and xi == -math.inf
+    return Decision(best, tuple(values), limit, bool(expand))

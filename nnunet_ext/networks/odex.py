@@ -2,25 +2,26 @@
 
 :class:`ODExPool` is what ``nnUNetv2_predict -tr nnUNetTrainerODEx`` runs. Everything it needs travels in
 its state dict: the experts' weights, each expert's history of Gaussians (means and Cholesky factors of the
-feature covariances), each expert's calibration ``[d_min, d_max, d_mean]`` of in-distribution summed
-distances and the index of the expert being trained. The predictor rebuilds the network with the static
+feature covariances), each Gaussian's calibration ``[d_min, d_max, d_mean]`` of in-distribution distances
+and the index of the expert being trained. The predictor rebuilds the network with the static
 ``build_network_architecture`` (one expert, empty history) and loads the checkpoint strictly;
 :meth:`ODExPool._load_from_state_dict` grows the pool and the histories to the sizes in the checkpoint.
 
 **Unit of selection.** nnU-Net predicts with sliding windows, so the network sees patches, not images.
 Each *patch* (each sample of a forward batch) is routed on its own: its features ``z`` are computed with
 every expert's first convolution (only up to the first normalisation layer, cheap), the expert with the
-smallest normalised summed Mahalanobis distance (:func:`nnunet_ext.core.odex.decide`) is chosen and only
+smallest score (normalised Mahalanobis distances summed over its history, divided by the history length,
+:func:`nnunet_ext.core.odex.history_score`) is chosen and only
 that expert runs on the patch. Training statistics are computed on training patches of the same size, so
 patch features are what the histories describe. (Mirrored copies of a patch, nnU-Net's test-time
 augmentation, are routed separately too.)
 
 **Inspection.** Set ``NNEXT_ODEX_SELECTION_LOG=/path/file.jsonl`` when predicting: every routed forward
-appends one JSON line ``{"expert": [...], "normalised_distance": [[...]], "far_ood": [...]}`` (per patch of
+appends one JSON line ``{"expert": [...], "score": [[...]], "far_ood": [...]}`` (per patch of
 the batch). ``ODExPool.selection_counts`` counts choices in memory.
 
-**Far out-of-distribution input** (normalised distance to the chosen expert above ``far_ood_level``;
-1.0 = twice the largest in-distribution distance) is still predicted by the closest expert, and a
+**Far out-of-distribution input** (score of the chosen expert above ``far_ood_level``; 1.0 = on average
+twice the largest in-distribution distance of its Gaussians) is still predicted by the closest expert, and a
 warning is logged.
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnunet_ext.core.odex import decide, norm_input_features, summed_distance
+from nnunet_ext.core.odex import decide, history_score, history_threshold, norm_input_features
 
 logger = logging.getLogger(__name__)
 
@@ -73,35 +74,45 @@ def norm_channels(norm: nn.Module) -> int:
 
 
 class ExpertHistory(nn.Module):
-    """One expert's history: ``means (H, D)``, ``chols (H, D, D)`` and ``calibration [d_min, d_max, d_mean]``."""
+    """One expert's history: ``means (H, D)``, ``chols (H, D, D)`` and ``calibrations (H, 3)``.
+
+    ``calibrations[h] = [d_min, d_max, d_mean]`` of the in-distribution Mahalanobis distances to Gaussian ``h``.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
         self.register_buffer("means", torch.zeros(0, dim, dtype=torch.float64))
         self.register_buffer("chols", torch.zeros(0, dim, dim, dtype=torch.float64))
-        self.register_buffer("calibration", torch.full((3,), float("nan"), dtype=torch.float64))
+        self.register_buffer("calibrations", torch.zeros(0, 3, dtype=torch.float64))
 
     def __len__(self) -> int:
         return self.means.shape[0]
 
-    def append(self, mean: torch.Tensor, chol: torch.Tensor) -> None:
-        """Add one Gaussian (mean ``(D,)``, lower Cholesky factor ``(D, D)``)."""
-        if mean.shape != (self.dim,) or chol.shape != (self.dim, self.dim):
-            raise ValueError(f"expected mean ({self.dim},) and chol ({self.dim}, {self.dim}), got "
-                             f"{tuple(mean.shape)} and {tuple(chol.shape)}")
+    def append(self, mean: torch.Tensor, chol: torch.Tensor, calibration: torch.Tensor) -> None:
+        """Add one Gaussian (mean ``(D,)``, lower Cholesky factor ``(D, D)``, calibration ``(3,)``)."""
+        if mean.shape != (self.dim,) or chol.shape != (self.dim, self.dim) or calibration.shape != (3,):
+            raise ValueError(f"expected mean ({self.dim},), chol ({self.dim}, {self.dim}) and calibration (3,), got "
+                             f"{tuple(mean.shape)}, {tuple(chol.shape)} and {tuple(calibration.shape)}")
         self.means = torch.cat([self.means, mean.to(self.means)[None]])
         self.chols = torch.cat([self.chols, chol.to(self.chols)[None]])
+        self.calibrations = torch.cat([self.calibrations, calibration.to(self.calibrations)[None]])
 
-    def distance(self, z: torch.Tensor) -> torch.Tensor:
-        """Summed Mahalanobis distance of ``z (N, D)`` to the history; ``inf`` when it is empty."""
-        if len(self) == 0:
-            return torch.full((z.shape[0],), float("inf"), dtype=torch.float64, device=z.device)
-        return summed_distance(z, self.means, self.chols)
+    def clear(self) -> None:
+        """Forget every Gaussian."""
+        self.means, self.chols, self.calibrations = self.means[:0], self.chols[:0], self.calibrations[:0]
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        """:func:`~nnunet_ext.core.odex.history_score` of ``z (N, D)``; ``inf`` when the history is empty."""
+        return history_score(z, self.means, self.chols, self.calibrations)
+
+    def threshold(self) -> torch.Tensor:
+        """The paper's ``xi = 2 mu`` for this history (``inf`` when empty)."""
+        return history_threshold(self.calibrations.cpu())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        for name in ("means", "chols"):
+        for name in ("means", "chols", "calibrations"):
             if prefix + name in state_dict:  # the history length comes from the checkpoint
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -131,7 +142,7 @@ class ODExPool(nn.Module):
 
     Args:
         expert: the first expert (an nnU-Net U-Net with a ``decoder``).
-        far_ood_level: normalised distance above which a patch is reported as far out-of-distribution.
+        far_ood_level: score above which a patch is reported as far out-of-distribution.
 
     Attributes:
         experts: ``nn.ModuleList`` of experts.
@@ -195,20 +206,19 @@ class ODExPool(nn.Module):
             handle.remove()
         raise RuntimeError(f"expert {index} never reached its first normalisation layer")
 
-    def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Summed distances ``(B, M)`` of each sample to each expert's history (``inf``: empty history)."""
-        return torch.stack([self.histories[m].distance(self.features(x, m)) for m in range(len(self))], dim=1)
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
+        return torch.stack([self.histories[m].score(self.features(x, m)) for m in range(len(self))], dim=1)
+
+    def thresholds(self) -> torch.Tensor:
+        """Each expert's ``xi = 2 mu`` ``(M,)``."""
+        return torch.stack([h.threshold() for h in self.histories])
 
     def select(self, x: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-        """Chosen expert per sample and the normalised distances ``(B, M)``."""
-        d = self.distances(x)
-        calibrations = torch.stack([h.calibration for h in self.histories]).cpu()
-        choices, normalised = [], []
-        for row in d.cpu():
-            decision = decide(row, calibrations)
-            choices.append(decision.best)
-            normalised.append(decision.normalised)
-        return choices, torch.tensor(normalised, dtype=torch.float64)
+        """Chosen expert per sample and the scores ``(B, M)``."""
+        scores = self.scores(x).cpu()
+        thresholds = self.thresholds()
+        return [decide(row, thresholds).best for row in scores], scores
 
     def has_history(self) -> bool:
         return any(len(h) for h in self.histories)
@@ -216,8 +226,8 @@ class ODExPool(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.training or not self.route or not self.has_history():
             return self.experts[self.active](x)
-        choices, normalised = self.select(x)
-        self._report(choices, normalised)
+        choices, scores = self.select(x)
+        self._report(choices, scores)
         if len(set(choices)) == 1:
             return self.experts[choices[0]](x)
         outputs = [None] * x.shape[0]
@@ -230,17 +240,17 @@ class ODExPool(nn.Module):
             return [torch.stack([o[k] for o in outputs]) for k in range(len(outputs[0]))]
         return torch.stack(outputs)
 
-    def _report(self, choices: list[int], normalised: torch.Tensor) -> None:
+    def _report(self, choices: list[int], scores: torch.Tensor) -> None:
         self.selection_counts.update(choices)
-        best = [float(normalised[i, c]) for i, c in enumerate(choices)]
+        best = [float(scores[i, c]) for i, c in enumerate(choices)]
         far = [b > self.far_ood_level for b in best]
         if any(far):
-            logger.warning("ODEx: %d of %d patches are far out-of-distribution (normalised distance %s > %.2f to "
-                           "the closest expert); predicting with the closest expert anyway", sum(far), len(far),
+            logger.warning("ODEx: %d of %d patches are far out-of-distribution (score %s > %.2f for the closest "
+                           "expert); predicting with the closest expert anyway", sum(far), len(far),
                            [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level)
         path = os.environ.get(SELECTION_LOG_ENV)
         if path:
-            record = {"expert": choices, "normalised_distance": normalised.tolist(), "far_ood": far}
+            record = {"expert": choices, "score": scores.tolist(), "far_ood": far}
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

@@ -122,3 +122,27 @@ __all__ += [
     "nnUNetTrainerLwF_50epochs",
     "nnUNetTrainerLwF_smoke",
 ]
+
+from nnunet_ext.trainers.odex import (  # noqa: E402
+    ODExMixin,
+    nnUNetTrainerDiceEx,
+    nnUNetTrainerDiceEx_smoke,
+    nnUNetTrainerODEx,
+    nnUNetTrainerODEx_50epochs,
+    nnUNetTrainerODEx_noHistory,
+    nnUNetTrainerODEx_smoke,
+    nnUNetTrainerODEx_xiNegInf,
+    nnUNetTrainerODEx_xiNegInf_smoke,
+)
+
+__all__ += [
+    "ODExMixin",
+    "nnUNetTrainerDiceEx",
+    "nnUNetTrainerDiceEx_smoke",
+    "nnUNetTrainerODEx",
+    "nnUNetTrainerODEx_50epochs",
+    "nnUNetTrainerODEx_noHistory",
+    "nnUNetTrainerODEx_smoke",
+    "nnUNetTrainerODEx_xiNegInf",
+    "nnUNetTrainerODEx_xiNegInf_smoke",
+]

@@ -15,13 +15,14 @@ from nnunet_ext.core.odex import (
     GaussianStats,
     decide,
     distributed_reduce,
+    history_score,
+    history_threshold,
     mahalanobis,
     no_reduce,
     norm_input_features,
     normalise,
     oas_shrinkage,
     summed_distance,
-    threshold,
 )
 
 
@@ -106,30 +107,52 @@ def test_summed_distance_adds_over_the_history():
 
 
 def test_normalisation_and_threshold_follow_the_paper():
-    cal = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)  # min, max, mean
-    assert float(normalise(1.0, cal)) == 0.0
-    assert float(normalise(6.0, cal)) == pytest.approx(1.0)  # doubled maximum
-    assert float(threshold(cal)) == pytest.approx(2 * (2.0 - 1.0) / 5.0)
+    cal = torch.tensor([[1.0, 3.0, 2.0]], dtype=torch.float64)  # min, max, mean
+    assert float(normalise(1.0, cal[0])) == 0.0
+    assert float(normalise(6.0, cal[0])) == pytest.approx(1.0)  # doubled maximum
+    assert float(history_threshold(cal)) == pytest.approx(2 * (2.0 - 1.0) / 5.0)
+    assert float(history_threshold(cal[:0])) == math.inf
+
+
+def test_history_score_averages_normalised_distances_over_the_history():
+    eye = torch.eye(2, dtype=torch.float64)
+    means = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    cals = torch.tensor([[0.0, 1.0, 0.5], [1.0, 3.0, 2.0]], dtype=torch.float64)
+    z = torch.zeros(1, 2, dtype=torch.float64)  # distances 0 and 5
+    expected = (0.0 + (5.0 - 1.0) / 5.0) / 2
+    torch.testing.assert_close(history_score(z, means, torch.stack([eye, eye]), cals),
+                               torch.tensor([expected], dtype=torch.float64))
+    assert float(history_score(z, means[:0], torch.stack([eye, eye])[:0], cals[:0])[0]) == math.inf
+
+
+def test_a_child_with_its_parents_history_wins_on_its_own_data_and_loses_on_the_parents():
+    eye = torch.eye(2, dtype=torch.float64)
+    cal = torch.tensor([0.5, 2.0, 1.2], dtype=torch.float64)
+    old, new = torch.tensor([0.0, 0.0], dtype=torch.float64), torch.tensor([10.0, 0.0], dtype=torch.float64)
+    parent = (old[None], eye[None], cal[None])
+    child = (torch.stack([old, new]), torch.stack([eye, eye]), torch.stack([cal, cal]))
+    thresholds = torch.stack([history_threshold(parent[2]), history_threshold(child[2])])
+    for point, owner in ((old, 0), (new, 1)):
+        scores = torch.stack([history_score(point[None], *parent)[0], history_score(point[None], *child)[0]])
+        assert decide(scores, thresholds).best == owner
 
 
 def test_decide_keeps_near_data_and_expands_on_far_data():
-    cal = torch.tensor([[1.0, 3.0, 2.0], [10.0, 12.0, 11.0]], dtype=torch.float64)
-    near = decide(torch.tensor([2.0, 40.0], dtype=torch.float64), cal)
+    thresholds = torch.tensor([0.4, 0.4], dtype=torch.float64)
+    near = decide(torch.tensor([0.2, 3.0], dtype=torch.float64), thresholds)
     assert near.best == 0 and not near.expand
-    far = decide(torch.tensor([9.0, 40.0], dtype=torch.float64), cal)  # normalised 1.6 >= xi 0.4
+    far = decide(torch.tensor([1.6, 3.0], dtype=torch.float64), thresholds)
     assert far.best == 0 and far.expand and far.xi == pytest.approx(0.4)
-    # the second model is closer on its own scale even though its raw distance is larger
-    second = decide(torch.tensor([9.0, 11.0], dtype=torch.float64), cal)
-    assert second.best == 1 and not second.expand
+    assert decide(torch.tensor([1.6, 3.0], dtype=torch.float64), thresholds, xi=2.0).expand is False
 
 
 def test_decide_minus_infinity_always_expands_and_no_history_never_does():
-    cal = torch.tensor([[1.0, 3.0, 2.0]], dtype=torch.float64)
-    assert decide(torch.tensor([1.0], dtype=torch.float64), cal, xi=-math.inf).expand
-    none = torch.full((1, 3), math.nan, dtype=torch.float64)
-    assert not decide(torch.tensor([math.nan], dtype=torch.float64), none).expand
-    with pytest.raises(ValueError, match=r"calibrations \(M, 3\)"):
-        decide(torch.tensor([1.0, 2.0], dtype=torch.float64), cal)
+    thresholds = torch.tensor([0.4], dtype=torch.float64)
+    assert decide(torch.tensor([0.0], dtype=torch.float64), thresholds, xi=-math.inf).expand
+    empty = decide(torch.tensor([math.inf], dtype=torch.float64), torch.tensor([math.inf], dtype=torch.float64))
+    assert empty.best == 0 and not empty.expand
+    with pytest.raises(ValueError, match=r"both be \(M,\)"):
+        decide(torch.tensor([1.0, 2.0], dtype=torch.float64), thresholds)
 
 
 def test_calibration_tracks_min_max_mean():

@@ -10,7 +10,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_ext.core.odex import Calibration, GaussianStats, norm_input_features
+from nnunet_ext.core.odex import Calibration, GaussianStats, mahalanobis, norm_input_features
 from nnunet_ext.networks.odex import SELECTION_LOG_ENV, ODExPool, first_norm_layer
 
 
@@ -28,10 +28,10 @@ def calibrate(pool: ODExPool, index: int, x: torch.Tensor) -> None:
     z = pool.features(x, index)
     stats = GaussianStats(pool.feature_dim)
     stats.update(z)
-    pool.histories[index].append(*stats.gaussian())
+    mean, chol = stats.gaussian()
     cal = Calibration()
-    cal.update(pool.histories[index].distance(z))
-    pool.histories[index].calibration.copy_(cal.as_tensor())
+    cal.update(mahalanobis(z, mean, chol))
+    pool.histories[index].append(mean, chol, cal.as_tensor())
 
 
 def two_domain_pool(dims: int) -> tuple[ODExPool, torch.Tensor, torch.Tensor]:
