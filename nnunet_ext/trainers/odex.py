@@ -64,7 +64,8 @@ class ODExMixin(StreamTrainerMixin):
         odex_use_history: keep every stage's Gaussian (paper); False keeps only the last one (ODEx -B).
         odex_expansion: ``"mahalanobis"`` (paper) or ``"dice"`` (DiceEx ablation).
         odex_dice_drop: relative drop of training Dice that triggers expansion for ``"dice"``.
-        odex_feature_batches: batches of the stage's training cases (no augmentation) per feature pass.
+        odex_feature_batches: batches of the stage's training cases (no augmentation) per feature pass; the
+            Gaussian sees ``odex_feature_batches x batch_size`` patches (50 x 2 = 100 for 3d_fullres).
         odex_far_ood_level: normalised distance above which inference warns (1 = twice the largest
             in-distribution distance).
     """
@@ -73,7 +74,7 @@ class ODExMixin(StreamTrainerMixin):
     odex_use_history: bool = True
     odex_expansion: str = "mahalanobis"
     odex_dice_drop: float = 0.1
-    odex_feature_batches: int = 20
+    odex_feature_batches: int = 50
     odex_far_ood_level: float = 1.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -148,8 +149,7 @@ class ODExMixin(StreamTrainerMixin):
                 record.update(action="expand", expert=new)
             else:
                 record.update(action="train", expert=decision.best)
-        self.odex_decisions.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                    for k, v in record.items()})
+        self.odex_decisions.append({k: _json_safe(v) for k, v in record.items()})
         self._train_only(record["expert"])
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.print_to_log_file(f"ODEx stage {stage_index}: {record}; pool size {len(pool)}")
@@ -258,6 +258,15 @@ class ODExMixin(StreamTrainerMixin):
             write_json_atomic(Path(self.output_folder) / "odex_decisions.json",
                               {"decisions": self.odex_decisions, "pool_size": len(self.pool),
                                "histories": [len(h) for h in self.pool.histories]})
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats (``inf`` scores of experts without history, ``xi = -inf``) as ``None`` for strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class nnUNetTrainerODEx(ODExMixin, nnUNetTrainer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -95,6 +96,14 @@ def test_unknown_cases_give_a_clear_error(tiny_workspace, monkeypatch, tmp_path)
     trainer = make_trainer(nnUNetTrainerSequential_smoke, ws, monkeypatch, tmp_path)
     with pytest.raises(ValueError, match="no_such_case"):
         trainer.initialize()
+
+
+def test_an_empty_stage_gives_a_clear_error(tiny_workspace, monkeypatch, tmp_path):
+    ws = stream_workspace(tiny_workspace, tmp_path)
+    empty = {"format_version": 1, "stages": [{"stage": 0, "train": ["mni152_slab00"]}, {"stage": 1, "train": []}]}
+    (ws.preprocessed / ws.dataset_dir.name / "stream.json").write_text(json.dumps(empty))
+    with pytest.raises(ValueError, match="stage 1 is empty"):
+        make_trainer(nnUNetTrainerSequential_smoke, ws, monkeypatch, tmp_path)
 
 
 def test_missing_stream_names_where_it_looked(tiny_workspace, monkeypatch, tmp_path):
