@@ -38,7 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnunet_ext.core.odex import decide, history_score, history_threshold, norm_input_features
+from nnunet_ext.core.odex import (
+    decide,
+    history_score,
+    history_threshold,
+    norm_input_features,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -43,11 +43,20 @@ from typing import Any
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import (
+    ConfigurationManager,
+    PlansManager,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_ext.core.odex import Calibration, GaussianStats, decide, distributed_reduce, mahalanobis
+from nnunet_ext.core.odex import (
+    Calibration,
+    GaussianStats,
+    decide,
+    distributed_reduce,
+    mahalanobis,
+)
 from nnunet_ext.networks.odex import ODExPool
 from nnunet_ext.trainers.budget import CPUBudgetMixin
 from nnunet_ext.trainers.stream import StreamTrainerMixin, unwrap
@@ -109,7 +118,7 @@ class ODExMixin(StreamTrainerMixin):
         self.odex_dice_reference = {int(k): float(v) for k, v in state.get("odex_dice_reference", {}).items()}
 
     def before_weights_loaded(self, checkpoint: dict) -> None:
-        weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
+        weights = {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
         self.pool.load_state_dict(weights)  # grows the pool so the optimizer state matches
         self._train_only(self.pool.active)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
@@ -217,7 +226,7 @@ class ODExMixin(StreamTrainerMixin):
     @torch.no_grad()
     def _training_dice(self, expert: int) -> float:
         """Mean foreground Dice of ``expert`` on the stage's training patches (DiceEx), reduced over ranks."""
-        pool, net = self.pool, self.pool.experts[expert]
+        net = self.pool.experts[expert]
         was_training = net.training
         net.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)

@@ -10,7 +10,12 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_ext.core.odex import Calibration, GaussianStats, mahalanobis, norm_input_features
+from nnunet_ext.core.odex import (
+    Calibration,
+    GaussianStats,
+    mahalanobis,
+    norm_input_features,
+)
 from nnunet_ext.networks.odex import SELECTION_LOG_ENV, ODExPool, first_norm_layer
 
 
@@ -74,7 +79,7 @@ def test_each_patch_goes_to_the_closest_expert_and_only_it_runs(dims):
 
 
 def test_training_mode_and_route_off_use_the_active_expert():
-    pool, a, b = two_domain_pool(2)
+    pool, a, _ = two_domain_pool(2)
     pool.active = 1
     pool.route = False
     with torch.no_grad():
@@ -107,7 +112,7 @@ def test_deep_supervision_switch_reaches_every_expert():
 
 
 def test_selection_log_and_far_ood_warning(monkeypatch, tmp_path, caplog):
-    pool, a, b = two_domain_pool(2)
+    pool, a, _ = two_domain_pool(2)
     log = tmp_path / "selection.jsonl"
     monkeypatch.setenv(SELECTION_LOG_ENV, str(log))
     with torch.no_grad(), caplog.at_level(logging.WARNING):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ext.core.odex import decide
 from nnunet_ext.networks.odex import ODExPool
@@ -81,9 +81,15 @@ def test_xi_minus_inf_grows_the_pool_and_survives_kill_resume_and_the_stock_pred
     assert sum(net.selection_counts.values()) > 0
 
 
+class _ManyFeatureBatches(nnUNetTrainerODEx_smoke):
+    odex_feature_batches = 30  # 60 patches per Gaussian: the mean score of a fresh draw is stable
+
+
 def test_paper_rule_keeps_in_distribution_data_and_expands_on_a_shift(tiny_workspace, monkeypatch, tmp_path):
     ws = stream_workspace(tiny_workspace, tmp_path)
-    trainer = make_trainer(nnUNetTrainerODEx_smoke, ws, monkeypatch, tmp_path, epochs=4, iterations=2)
+    np.random.seed(0)  # nnU-Net's single-process dataloader samples with numpy's global generator
+    torch.manual_seed(0)
+    trainer = make_trainer(_ManyFeatureBatches, ws, monkeypatch, tmp_path, epochs=4, iterations=2)
     plain = type(trainer)._feature_batches
 
     def shifted_at_stage_1(self):  # stage 1 arrives from a scanner with a very different intensity profile

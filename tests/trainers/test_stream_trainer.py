@@ -9,7 +9,11 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.trainers.stream import STREAM_CHECKPOINT_KEY, nnUNetTrainerSequential, nnUNetTrainerSequential_smoke
+from nnunet_ext.trainers.stream import (
+    STREAM_CHECKPOINT_KEY,
+    nnUNetTrainerSequential,
+    nnUNetTrainerSequential_smoke,
+)
 from tests.conftest import make_trainer
 from tests.trainers.stream_workspace import TWO_STAGES, stream_workspace
 
