@@ -85,6 +85,7 @@ class StyleBank(nn.Module):
         self.patch_size = patch_size
         spatial_dims = 2 if spatial_dims is None else spatial_dims
         self._cache: dict[tuple, object] = {}  # donor amplitudes, SR-SIM features, windows; keyed by the donors
+        self._loaded_from: tuple | None = None  # identity of the donors tensor last loaded by load_state_dict
         self.register_buffer("donors", torch.zeros((0, num_channels, *patch_size), dtype=torch.float16))
         self.register_buffer("beta", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("n_mst", torch.tensor(1, dtype=torch.int64))
@@ -170,18 +171,23 @@ class StyleBank(nn.Module):
         if constant:
             raise ValueError(f"donors {constant} are constant images and carry no style; drop them")
         self.donors = donors.detach().to(device=self.donors.device, dtype=torch.float16).clone()
-        self._cache = {}
+        self._cache, self._loaded_from = {}, None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         incoming = state_dict.get(prefix + "donors")
-        if incoming is not None and incoming.ndim == self.donors.ndim:
+        if incoming is not None and incoming.ndim == self.donors.ndim and incoming.shape[0] != self.donors.shape[0]:
             # the number of donors is free; channels and patch size must match (checked by the copy)
             self.donors = torch.empty((incoming.shape[0], *self.donors.shape[1:]), dtype=self.donors.dtype,
                                       device=self.donors.device)
-        self._cache = {}
+        # nnU-Net's predictor reloads the same state dict before every case: keep the donor caches (amplitudes,
+        # SR-SIM features) when the very same, unmodified donors tensor comes in again
+        source = None if incoming is None else (incoming.data_ptr(), tuple(incoming.shape), incoming._version)
+        if source is None or source != self._loaded_from:
+            self._cache = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._loaded_from = source
 
     def _cached(self, name: str, make):
         key = (name, self.donors.device, self.donors.data_ptr(), len(self))
@@ -191,7 +197,8 @@ class StyleBank(nn.Module):
         return self._cache[key]
 
     def _donor_amplitudes(self) -> torch.Tensor:
-        return self._cached("amplitude", lambda: amplitude_spectrum(self.donors, int(self.spatial_dims)))
+        spatial_dims = int(self.spatial_dims)
+        return self._cached(f"amplitude{spatial_dims}", lambda: amplitude_spectrum(self.donors, spatial_dims))
 
     def _donor_slice_features(self) -> SRSIMFeatures:
         """SR-SIM features of every donor slice: ``(N, H, W)`` for 2D donors, ``(N * Z, Y, X)`` for 3D."""

@@ -17,7 +17,7 @@ class                                        n_MST  beta   selection  mode
 ``nnUNetTrainerFourierMST_nmst3``            3      0.03   srsim      as above
 ``nnUNetTrainerFourierMST_beta0p01/0p05/0p1``7      var.   srsim      as above
 ``nnUNetTrainerFourierMST_mode2d/2p5d``      7      0.03   srsim      fixed (2.5d: 3D configurations)
-``nnUNetTrainerFourierMST_smoke``            7      0.03   srsim      CPU budget 4 x 15 iterations (tests)
+``nnUNetTrainerFourierMST_smoke``            3      0.03   srsim      CPU budget 4 x 15 iterations (tests)
 ==========================================  =====  =====  =========  =========
 
 \\* ``fda_mode = None`` picks ``"3d"`` (the paper's preferred whole-scan selection) for 3D configurations
@@ -165,8 +165,9 @@ class nnUNetTrainerFourierMST_mode2p5d(nnUNetTrainerFourierMST):
 
 
 class nnUNetTrainerFourierMST_smoke(CPUBudgetMixin, nnUNetTrainerFourierMST):
-    """4 epochs x 15 iterations (end-to-end tests)."""
+    """4 epochs x 15 iterations, n_MST 3 (end-to-end tests)."""
 
+    fda_n_mst = 3
     epochs = 4
     budget_iterations = 15
     budget_val_iterations = 2

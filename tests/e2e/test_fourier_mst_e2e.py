@@ -52,11 +52,11 @@ def test_attach_to_a_stock_model_keeps_the_original_and_predicts(smoke_model, ti
     before = _fingerprint(smoke_model)
     new = tmp_path / "mst_model"
     proc = subprocess.run([sys.executable, "-m", "nnunet_ext", "fda", "attach", str(smoke_model), "-o", str(new),
-                           "--beta", "0.02"], capture_output=True, text=True, env=ws.env)
+                           "--beta", "0.02", "--n-mst", "3"], capture_output=True, text=True, env=ws.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _fingerprint(smoke_model) == before
     report = json.loads((new / "fda_bank.json").read_text())
-    assert report["folds"]["0"]["beta"] == 0.02 and report["folds"]["0"]["num_donors"] > 0
+    assert report["folds"]["0"]["beta"] == 0.02 and report["folds"]["0"]["n_mst"] == 3 and report["folds"]["0"]["num_donors"] > 0
 
     again = subprocess.run([sys.executable, "-m", "nnunet_ext", "fda", "attach", str(smoke_model), "-o", str(new)],
                            capture_output=True, text=True, env=ws.env)

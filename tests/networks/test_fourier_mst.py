@@ -85,6 +85,25 @@ def test_state_dict_round_trip_resizes_the_bank_and_restores_settings():
         wrong.bank.load_state_dict(model.bank.state_dict())
 
 
+def test_reloading_the_same_state_dict_keeps_the_donor_caches():
+    # nnU-Net's predictor loads the same parameters before every case: donor work must not be redone
+    state = _model(beta=0.05, n_mst=2, selection="srsim").state_dict()
+    fresh = _model(n_donors=0)
+    fresh.load_state_dict(state)
+    x = torch.randn(1, 1, 48, 48)
+    expected = fresh(x)
+    features = fresh.bank._donor_slice_features()
+    fresh.load_state_dict(state)
+    assert fresh.bank._donor_slice_features() is features
+    torch.testing.assert_close(fresh(x), expected)
+    state["bank.donors"].mul_(-1.0)  # modified in place: the caches must go
+    fresh.load_state_dict(state)
+    assert fresh.bank._donor_slice_features() is not features
+    other = _model(n_donors=4).state_dict()  # other donors
+    fresh.load_state_dict(other)
+    assert len(fresh.bank) == 4
+
+
 def test_fewer_donors_than_n_mst_uses_all_donors():
     model = _model(n_donors=2, n_mst=7, beta=0.1)
     styled, index = model.bank.styled_copies(torch.randn(1, 1, 48, 48))
