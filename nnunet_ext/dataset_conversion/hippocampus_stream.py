@@ -24,9 +24,13 @@ Stream: per source, a seeded ``test_fraction`` of subjects goes to ``imagesTs``;
 are dealt to ``num_stages`` stages with mixing weights that slide linearly along ``order`` (stage 0 is
 pure ``order[0]``, the last stage pure ``order[-1]``; weight of source ``i`` at stage ``k`` is
 ``max(0, 1 - |k (n - 1) / (S - 1) - i|)``). The ODEx paper's exact proportions are in its appendix, which
-we do not have: this schedule is ours. ``splits_final.json`` maps **fold k = stage k** (train = the
-stage's subjects minus a validation fifth, val = that fifth), so ``nnUNetv2_train ID CONFIG k`` trains
-stage ``k``; ``stream.json`` lists stages, weights and cases; ``domains.json`` records ``stage`` per case.
+we do not have: this schedule is ours. The held-out test subjects of each source are dealt to stages
+with the same weights, so stage ``k``'s ``test`` list samples stage ``k``'s population
+(:func:`nnunet_ext.dataset_conversion.splits.deal_to_stages`; a subject never straddles stages or
+splits). ``splits_final.json`` maps **fold k = stage k** (train = the stage's subjects minus a validation
+fifth, val = that fifth), so ``nnUNetv2_train ID CONFIG k`` trains stage ``k``; ``stream.json``
+(:mod:`nnunet_ext.streams`, ``format_version`` 1) lists stages, weights and ``train``/``val``/``test``
+cases; ``domains.json`` records ``stage`` per case (training and test cases).
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ from nnunet_ext.dataset_conversion.common import (
     write_dataset,
 )
 from nnunet_ext.dataset_conversion.msd import find_task_folder
-from nnunet_ext.dataset_conversion.splits import holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects
 from nnunet_ext.domains import DomainMetadata
+from nnunet_ext.streams import FORMAT_VERSION as STREAM_FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -302,19 +307,18 @@ def build_hippocampus_stream(
     rng = np.random.default_rng(seed)
     weights = stage_weights(len(order), num_stages)
     stage_of_subject: dict[str, int] = {}
+    test_stage_of_subject: dict[str, int] = {}
     test_subjects: set[str] = set()
     for i, source in enumerate(order):
         subjects = sorted({it["subject"] for it in items[source]})
         held = holdout_subjects(subjects, test_fraction, seed)
         test_subjects |= held
         train = [subjects[j] for j in rng.permutation(len(subjects)) if subjects[j] not in held]
-        share = weights[:, i] / weights[:, i].sum()
-        bounds = np.round(np.cumsum(share) * len(train)).astype(int)
-        start = 0
-        for stage, stop in enumerate(bounds):
-            for subject in train[start:stop]:
-                stage_of_subject[subject] = stage
-            start = stop
+        test = [subjects[j] for j in rng.permutation(len(subjects)) if subjects[j] in held]
+        for stage, group in enumerate(deal_to_stages(train, weights[:, i])):
+            stage_of_subject.update(dict.fromkeys(group, stage))
+        for stage, group in enumerate(deal_to_stages(test, weights[:, i])):
+            test_stage_of_subject.update(dict.fromkeys(group, stage))
 
     meta = DomainMetadata()
     for source in order:
@@ -325,8 +329,7 @@ def build_hippocampus_stream(
             subject = it["subject"]
             split = "test" if subject in test_subjects else "train"
             extra = {"source": source, "side": it["side"], "image": str(it["image"]), "label": str(it["label"])}
-            if split == "train":
-                extra["stage"] = stage_of_subject[subject]
+            extra["stage"] = stage_of_subject[subject] if split == "train" else test_stage_of_subject[subject]
             cases.append(CaseOut(it["case"], split, source, subject,
                                  _side_loader(it["image"], it["image_volume"], it["label_volume"], it["label"], it["merge"]),
                                  extra))
@@ -338,8 +341,9 @@ def build_hippocampus_stream(
         folds.append({"train": sorted(c.case_id for c in cases if c.split == "train" and c.extra["stage"] == stage
                                       and c.subject not in val),
                       "val": sorted(c.case_id for c in cases if c.subject in val)})
+        test = sorted(c.case_id for c in cases if c.split == "test" and c.extra["stage"] == stage)
         stages.append({"stage": stage, "weights": dict(zip(order, weights[stage].round(4).tolist())),
-                       "train": folds[-1]["train"], "val": folds[-1]["val"]})
+                       "train": folds[-1]["train"], "val": folds[-1]["val"], "test": test})
     spec = DatasetSpec(
         target=target, channel_names={"0": "T1"}, labels={"background": 0, "hippocampus": 1}, meta=meta,
         description=("Hippocampus shifting-source stream (ODEx, Gonzalez et al., DART 2022) built by "
@@ -351,7 +355,8 @@ def build_hippocampus_stream(
         licence="Decathlon: CC-BY-SA 4.0; HarP: ADNI data use agreement; Dryad: CC0",
         converter="hippocampus_stream", options=options, digest=digest, splits=folds,
         record={"held_out_subjects": sorted(test_subjects)},
-        extra_files={"stream.json": {"order": order, "num_stages": num_stages, "stages": stages,
+        extra_files={"stream.json": {"format_version": STREAM_FORMAT_VERSION, "scenario": "shifting_source",
+                                     "order": order, "num_stages": num_stages, "stages": stages,
                                      "schedule": "weight of source i at stage k: max(0, 1 - |k (n-1)/(S-1) - i|)"}},
     )
     return write_dataset(spec, cases, overwrite=True, progress=progress)

@@ -98,3 +98,26 @@ def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subje
                 bad.append(f"fold {i}: subject {case_subject[c]!r} ({c} in val, other cases in train)")
     if bad:
         raise ValueError("patients straddle folds:\n" + "\n".join(bad))
+
+
+def deal_to_stages(units: Sequence[str], share: Sequence[float]) -> list[list[str]]:
+    """Cut ``units`` (already shuffled) into consecutive stage groups whose sizes follow ``share``.
+
+    Stage ``k`` gets ``units[round(c_{k-1} n) : round(c_k n)]`` with ``c_k`` the cumulative sum of ``share``
+    normalised to 1 and ``n = len(units)``, so the groups partition ``units`` and no unit is in two stages.
+
+    >>> deal_to_stages(["a", "b", "c", "d"], [0.5, 0.25, 0.25])
+    [['a', 'b'], ['c'], ['d']]
+
+    Raises:
+        ValueError: ``share`` has a negative entry or sums to 0.
+    """
+    share = np.asarray(share, dtype=float)
+    if share.ndim != 1 or (share < 0).any() or share.sum() <= 0:
+        raise ValueError(f"share must be non-negative stage weights with a positive sum, got {share.tolist()}")
+    bounds = np.round(np.cumsum(share / share.sum()) * len(units)).astype(int)
+    groups, start = [], 0
+    for stop in bounds:
+        groups.append(list(units[start:stop]))
+        start = stop
+    return groups

@@ -85,6 +85,68 @@ __all__ += [
     "nnUNetTrainerCateNorm_warmup500",
 ]
 
+from nnunet_ext.trainers.stream import (  # noqa: E402
+    StreamTrainerMixin,
+    nnUNetTrainerSequential,
+    nnUNetTrainerSequential_50epochs,
+    nnUNetTrainerSequential_smoke,
+)
+
+__all__ += [
+    "StreamTrainerMixin",
+    "nnUNetTrainerSequential",
+    "nnUNetTrainerSequential_50epochs",
+    "nnUNetTrainerSequential_smoke",
+]
+
+from nnunet_ext.trainers.continual_baselines import (  # noqa: E402
+    ContinualRegularizerMixin,
+    EWCMixin,
+    LwFMixin,
+    nnUNetTrainerEWC,
+    nnUNetTrainerEWC_50epochs,
+    nnUNetTrainerEWC_smoke,
+    nnUNetTrainerLwF,
+    nnUNetTrainerLwF_50epochs,
+    nnUNetTrainerLwF_smoke,
+)
+
+__all__ += [
+    "ContinualRegularizerMixin",
+    "EWCMixin",
+    "LwFMixin",
+    "nnUNetTrainerEWC",
+    "nnUNetTrainerEWC_50epochs",
+    "nnUNetTrainerEWC_smoke",
+    "nnUNetTrainerLwF",
+    "nnUNetTrainerLwF_50epochs",
+    "nnUNetTrainerLwF_smoke",
+]
+
+from nnunet_ext.trainers.odex import (  # noqa: E402
+    ODExMixin,
+    nnUNetTrainerDiceEx,
+    nnUNetTrainerDiceEx_smoke,
+    nnUNetTrainerODEx,
+    nnUNetTrainerODEx_50epochs,
+    nnUNetTrainerODEx_noHistory,
+    nnUNetTrainerODEx_smoke,
+    nnUNetTrainerODEx_xiNegInf,
+    nnUNetTrainerODEx_xiNegInf_smoke,
+)
+
+__all__ += [
+    "ODExMixin",
+    "nnUNetTrainerDiceEx",
+    "nnUNetTrainerDiceEx_smoke",
+    "nnUNetTrainerODEx",
+    "nnUNetTrainerODEx_50epochs",
+    "nnUNetTrainerODEx_noHistory",
+    "nnUNetTrainerODEx_smoke",
+    "nnUNetTrainerODEx_xiNegInf",
+    "nnUNetTrainerODEx_xiNegInf_smoke",
+]
+
 from nnunet_ext.trainers.style_curriculum import (  # noqa: E402
     StyleCurriculumMixin,
     nnUNetTrainerStyleCurriculum,

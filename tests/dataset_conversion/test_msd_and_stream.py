@@ -112,3 +112,24 @@ def test_cli_stream_and_msd(sources: dict[str, Path], tmp_path: Path, capsys: py
     assert main(["convert", "msd", str(sources["decathlon"]), "4"]) == 0
     assert main(["convert", "hippocampus-stream", "604"]) == 2
     assert "at least one source" in capsys.readouterr().err
+
+
+def test_stream_deals_test_subjects_to_stages_in_format_version_1(sources: dict[str, Path], tmp_path: Path) -> None:
+    from nnunet_ext.streams import read_stream
+
+    folder = build_hippocampus_stream(605, tmp_path / "raw", num_stages=3, test_fraction=0.4, **sources)
+    raw = json.loads((folder / "stream.json").read_text())
+    assert raw["format_version"] == 1 and raw["scenario"] == "shifting_source"
+    stream = read_stream(folder)
+    stream.check_cases([p.name[:-12] for p in (folder / "imagesTr").glob("*_0000.nii.gz")],
+                       [p.name[:-12] for p in (folder / "imagesTs").glob("*_0000.nii.gz")])
+    meta = load_domains(folder)
+    tested = [c for s in stream.stages for c in s.test]
+    assert sorted(tested) == sorted(c for c, m in meta.cases.items() if m["split"] == "test")
+    assert all(stage.test for stage in stream.stages)
+    assert {meta.cases[c]["domain"] for c in stream.stages[0].test} == {"harp"}
+    assert {meta.cases[c]["domain"] for c in stream.stages[-1].test} == {"decathlon"}
+    train_subjects = {meta.cases[c]["subject"] for s in stream.stages for c in s.train + s.val}
+    for s in stream.stages:
+        assert all(meta.cases[c]["stage"] == s.index for c in s.test)
+        assert not {meta.cases[c]["subject"] for c in s.test} & train_subjects

@@ -1,0 +1,136 @@
+"""``nnext stream``: build and check continual-learning streams (``stream.json``) of nnU-Net raw datasets.
+
+    nnext stream shifting-source DATASET [--order D1 D2 ...] [--stages 4] [--group-by subject|case]
+    nnext stream transformed DATASET NEW_ID [--name NAME] [--domain D] [--stages 4] [--group-by ...]
+    nnext stream demo transformed|shifting-source [--id 950|951]
+    nnext stream check DATASET
+
+DATASET is a dataset id (``501``), a folder name in $nnUNet_raw (``Dataset501_X``) or a path. The
+scenarios follow the ODEx paper (Gonzalez et al., DART 2022); see documentation/continual.md and
+``nnunet_ext.dataset_conversion.stream_scenarios``. Input files are never modified: ``shifting-source``
+only adds ``stream.json``; ``transformed`` writes a new dataset. Both copy ``stream.json`` into
+$nnUNet_preprocessed/DatasetXXX_Name/ when that folder exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
+
+#: CLI scenario name -> (builder scenario, default dataset id)
+DEMOS: dict[str, tuple[str, int]] = {"transformed": ("transformed", 950), "shifting-source": ("shifting_source", 951)}
+
+
+def _dataset(value: str, raw: str | None) -> Path:
+    path = Path(value)
+    if path.is_dir():
+        return path
+    root = resolve_raw_root(raw)
+    if value.isdigit():
+        found = sorted(root.glob(f"Dataset{int(value):03d}_*"))
+        if len(found) == 1:
+            return found[0]
+        raise UserError(f"dataset id {value}: found {len(found)} folders Dataset{int(value):03d}_* in {root}; pass "
+                        f"the folder path")
+    if (root / value).is_dir():
+        return root / value
+    raise UserError(f"dataset {value!r} is neither a folder nor a dataset id/name in {root}")
+
+
+def _progress(done: int, total: int, case: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r  {done}/{total} {case:<40}", end="" if done < total else "\n", file=sys.stderr)
+
+
+def _summary(folder: Path) -> str:
+    from nnunet_ext.streams import read_stream
+
+    stream = read_stream(folder)
+    lines = [f"wrote {stream.source} ({stream.scenario}, {len(stream)} stages)"]
+    for s in stream.stages:
+        info = s.extra.get("weights") or {"strength": s.extra.get("transform", {}).get("strength")}
+        lines.append(f"  stage {s.index}: {len(s.train)} train, {len(s.val)} val, {len(s.test)} test  {info}")
+    return "\n".join(lines)
+
+
+def _listed(folder: Path, sub: str) -> list[str]:
+    ending = json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
+    suffix = f"_0000{ending}"
+    return [p.name[: -len(suffix)] for p in (folder / sub).glob(f"*{suffix}")]
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_ext.dataset_conversion import stream_scenarios
+    from nnunet_ext.streams import read_stream
+
+    pre = os.environ.get("nnUNet_preprocessed")
+    if args.action == "shifting-source":
+        folder = _dataset(args.dataset, args.raw_root)
+        stream_scenarios.shifting_source_stream(folder, args.order, args.stages, args.val_fraction, args.seed,
+                                                args.group_by, args.overwrite, pre)
+    elif args.action == "transformed":
+        source = _dataset(args.dataset, args.raw_root)
+        folder = stream_scenarios.transformed_stream(
+            source, args.new_id, args.raw_root or source.parent, args.name, args.domain, args.stages,
+            args.val_fraction, args.seed, args.group_by, args.overwrite, pre, _progress)
+    elif args.action == "demo":
+        from nnunet_ext.dataset_conversion.demo_stream import build_demo_stream
+
+        scenario, default_id = DEMOS[args.scenario]
+        folder = build_demo_stream(scenario, args.id or default_id, resolve_raw_root(args.raw_root), args.seed,
+                                   args.overwrite, pre)
+    else:
+        folder = _dataset(args.dataset, args.raw_root)
+        stream = read_stream(folder)
+        stream.check_cases(_listed(folder, "imagesTr"), _listed(folder, "imagesTs"))
+        print(f"{stream.source}: {len(stream)} stages, every case found")
+        return 0
+    print(_summary(folder))
+    print(f"  next: nnUNetv2_plan_and_preprocess -d {folder.name[7:10]} -c 2d, then train a stream trainer "
+          f"(documentation/continual.md)")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stages", type=int, default=4, help="number of stages (default 4)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="per stage, fraction of training units held out as val (default 0.2)")
+    p.add_argument("--group-by", choices=["subject", "case"], default="subject",
+                   help="unit dealt to stages (default subject; 'case' only for slabs of one volume)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing stream.json / dataset")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "stream", help="build or check a continual-learning stream (shifting source, transformed, demo)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("shifting-source", help="mix the dataset's domains with linearly sliding weights")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--order", nargs="+", default=None, metavar="DOMAIN",
+                   help="source domains in stream order (default: every real domain with training cases)")
+    _common(p)
+    p = sub.add_parser("transformed", help="one domain through progressively stronger TorchIO transforms (new dataset)")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("new_id", type=int, metavar="NEW_ID", help="id of the new dataset")
+    p.add_argument("--name", default=None, help="new dataset name after DatasetXXX_ (default <name>Transformed)")
+    p.add_argument("--domain", default=None, help="source domain (default: the only real domain)")
+    _common(p)
+    p = sub.add_parser("demo", help="small embedded-data stream (MNI152 / Colin27) for tests and the benchmark")
+    p.add_argument("scenario", choices=list(DEMOS))
+    p.add_argument("--id", type=int, default=None, help="dataset id (default 950 transformed, 951 shifting-source)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p = sub.add_parser("check", help="check that every case stream.json names exists")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
+    parser.set_defaults(func=run)

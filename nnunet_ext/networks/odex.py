@@ -1,0 +1,269 @@
+"""The ODEx model pool: experts, their Gaussian histories and the selector that routes each input.
+
+:class:`ODExPool` is what ``nnUNetv2_predict -tr nnUNetTrainerODEx`` runs. Everything it needs travels in
+its state dict: the experts' weights, each expert's history of Gaussians (means and Cholesky factors of the
+feature covariances), each Gaussian's calibration ``[d_min, d_max, d_mean]`` of in-distribution distances
+and the index of the expert being trained. The predictor rebuilds the network with the static
+``build_network_architecture`` (one expert, empty history) and loads the checkpoint strictly;
+:meth:`ODExPool._load_from_state_dict` grows the pool and the histories to the sizes in the checkpoint.
+
+**Unit of selection.** nnU-Net predicts with sliding windows, so the network sees patches, not images.
+Each *patch* (each sample of a forward batch) is routed on its own: its features ``z`` are computed with
+every expert's first convolution (only up to the first normalisation layer, cheap), the expert with the
+smallest score (normalised Mahalanobis distances summed over its history, divided by the history length,
+:func:`nnunet_ext.core.odex.history_score`) is chosen and only
+that expert runs on the patch. Training statistics are computed on training patches of the same size, so
+patch features are what the histories describe. (Mirrored copies of a patch, nnU-Net's test-time
+augmentation, are routed separately too.)
+
+**Inspection.** Set ``NNEXT_ODEX_SELECTION_LOG=/path/file.jsonl`` when predicting: every routed forward
+appends one JSON line ``{"expert": [...], "score": [[...]], "far_ood": [...]}`` (per patch of
+the batch). ``ODExPool.selection_counts`` counts choices in memory.
+
+**Far out-of-distribution input** (score of the chosen expert above ``far_ood_level``; 1.0 = on average
+twice the largest in-distribution distance of its Gaussians) is still predicted by the closest expert, and a
+warning is logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnunet_ext.core.odex import (
+    decide,
+    history_score,
+    history_threshold,
+    norm_input_features,
+)
+
+logger = logging.getLogger(__name__)
+
+SELECTION_LOG_ENV = "NNEXT_ODEX_SELECTION_LOG"
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+class _StopAtNorm(Exception):
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+
+def first_norm_layer(module: nn.Module) -> nn.Module:
+    """The first normalisation layer of ``module`` in registration order (nnU-Net's encoder stem norm).
+
+    Raises:
+        ValueError: ``module`` has no BatchNorm/InstanceNorm/GroupNorm/LayerNorm layer.
+    """
+    for m in module.modules():
+        if isinstance(m, NORM_TYPES):
+            return m
+    raise ValueError(f"{type(module).__name__} has no normalisation layer; ODEx takes its features from the "
+                     f"first one (InstanceNorm in nnU-Net's U-Nets)")
+
+
+def norm_channels(norm: nn.Module) -> int:
+    """Number of channels the normalisation layer sees."""
+    for attr in ("num_features", "num_channels"):
+        if hasattr(norm, attr):
+            return int(getattr(norm, attr))
+    return int(norm.normalized_shape[0])
+
+
+class ExpertHistory(nn.Module):
+    """One expert's history: ``means (H, D)``, ``chols (H, D, D)`` and ``calibrations (H, 3)``.
+
+    ``calibrations[h] = [d_min, d_max, d_mean]`` of the in-distribution Mahalanobis distances to Gaussian ``h``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("means", torch.zeros(0, dim, dtype=torch.float64))
+        self.register_buffer("chols", torch.zeros(0, dim, dim, dtype=torch.float64))
+        self.register_buffer("calibrations", torch.zeros(0, 3, dtype=torch.float64))
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def append(self, mean: torch.Tensor, chol: torch.Tensor, calibration: torch.Tensor) -> None:
+        """Add one Gaussian (mean ``(D,)``, lower Cholesky factor ``(D, D)``, calibration ``(3,)``)."""
+        if mean.shape != (self.dim,) or chol.shape != (self.dim, self.dim) or calibration.shape != (3,):
+            raise ValueError(f"expected mean ({self.dim},), chol ({self.dim}, {self.dim}) and calibration (3,), got "
+                             f"{tuple(mean.shape)}, {tuple(chol.shape)} and {tuple(calibration.shape)}")
+        self.means = torch.cat([self.means, mean.to(self.means)[None]])
+        self.chols = torch.cat([self.chols, chol.to(self.chols)[None]])
+        self.calibrations = torch.cat([self.calibrations, calibration.to(self.calibrations)[None]])
+
+    def clear(self) -> None:
+        """Forget every Gaussian."""
+        self.means, self.chols, self.calibrations = self.means[:0], self.chols[:0], self.calibrations[:0]
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        """:func:`~nnunet_ext.core.odex.history_score` of ``z (N, D)``; ``inf`` when the history is empty."""
+        return history_score(z, self.means, self.chols, self.calibrations)
+
+    def threshold(self) -> torch.Tensor:
+        """The paper's ``xi = 2 mu`` for this history (``inf`` when empty)."""
+        return history_threshold(self.calibrations.cpu())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ("means", "chols", "calibrations"):
+            if prefix + name in state_dict:  # the history length comes from the checkpoint
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class _DecoderProxy:
+    """``pool.decoder``: reads come from the active expert's decoder; ``deep_supervision`` writes reach all."""
+
+    def __init__(self, pool: ODExPool):
+        object.__setattr__(self, "_pool", pool)
+
+    def __getattr__(self, name: str) -> Any:
+        pool = object.__getattribute__(self, "_pool")
+        return getattr(pool.experts[pool.active].decoder, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        for expert in object.__getattribute__(self, "_pool").experts:
+            setattr(expert.decoder, name, value)
+
+
+class ODExPool(nn.Module):
+    """A pool of experts (same architecture) with per-expert Gaussian histories and per-patch routing.
+
+    In training mode (or with ``route = False``) the forward runs the *active* expert only. In eval mode
+    with ``route = True`` every patch is routed to the closest expert (module docstring).
+
+    Args:
+        expert: the first expert (an nnU-Net U-Net with a ``decoder``).
+        far_ood_level: score above which a patch is reported as far out-of-distribution.
+
+    Attributes:
+        experts: ``nn.ModuleList`` of experts.
+        histories: ``nn.ModuleList`` of :class:`ExpertHistory`, one per expert.
+        active: index of the expert being trained (persistent buffer ``active_expert``).
+        route: route patches in eval mode (the trainer switches it off for nnU-Net's per-epoch validation).
+        selection_counts: how often each expert was chosen since construction.
+    """
+
+    def __init__(self, expert: nn.Module, far_ood_level: float = 1.0):
+        super().__init__()
+        self.feature_dim = 2 * norm_channels(first_norm_layer(expert))
+        self.far_ood_level = float(far_ood_level)
+        self.experts = nn.ModuleList([expert])
+        self.histories = nn.ModuleList([ExpertHistory(self.feature_dim)])
+        self.register_buffer("active_expert", torch.zeros((), dtype=torch.long))
+        self.route = True
+        self.selection_counts: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    @property
+    def active(self) -> int:
+        return int(self.active_expert)
+
+    @active.setter
+    def active(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise ValueError(f"expert index must be in [0, {len(self)}), got {index}")
+        self.active_expert.fill_(index)
+
+    @property
+    def decoder(self) -> _DecoderProxy:
+        return _DecoderProxy(self)
+
+    def add_expert(self, parent: int) -> int:
+        """Append a copy of expert ``parent`` (weights and history); returns the new index."""
+        self.experts.append(copy.deepcopy(self.experts[parent]))
+        self.histories.append(copy.deepcopy(self.histories[parent]))
+        return len(self) - 1
+
+    def features(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """ODEx features of ``x`` under expert ``index``: runs the expert only up to its first norm layer.
+
+        Shape:
+            x: ``(B, C_in, *spatial)``. Returns ``(B, feature_dim)`` float64.
+        """
+        norm = first_norm_layer(self.experts[index])
+
+        def stop(_module, inputs):
+            raise _StopAtNorm(inputs[0])
+
+        handle = norm.register_forward_pre_hook(stop)
+        try:
+            with torch.no_grad():
+                self.experts[index](x)
+        except _StopAtNorm as e:
+            return norm_input_features(e.value)
+        finally:
+            handle.remove()
+        raise RuntimeError(f"expert {index} never reached its first normalisation layer")
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
+        return torch.stack([self.histories[m].score(self.features(x, m)) for m in range(len(self))], dim=1)
+
+    def thresholds(self) -> torch.Tensor:
+        """Each expert's ``xi = 2 mu`` ``(M,)``."""
+        return torch.stack([h.threshold() for h in self.histories])
+
+    def select(self, x: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """Chosen expert per sample and the scores ``(B, M)``."""
+        scores = self.scores(x).cpu()
+        thresholds = self.thresholds()
+        return [decide(row, thresholds).best for row in scores], scores
+
+    def has_history(self) -> bool:
+        return any(len(h) for h in self.histories)
+
+    def forward(self, x: torch.Tensor):
+        if self.training or not self.route or not self.has_history():
+            return self.experts[self.active](x)
+        choices, scores = self.select(x)
+        self._report(choices, scores)
+        if len(set(choices)) == 1:
+            return self.experts[choices[0]](x)
+        outputs = [None] * x.shape[0]
+        for m in sorted(set(choices)):
+            idx = [i for i, c in enumerate(choices) if c == m]
+            out = self.experts[m](x[idx])
+            for j, i in enumerate(idx):
+                outputs[i] = [o[j] for o in out] if isinstance(out, (list, tuple)) else out[j]
+        if isinstance(outputs[0], list):
+            return [torch.stack([o[k] for o in outputs]) for k in range(len(outputs[0]))]
+        return torch.stack(outputs)
+
+    def _report(self, choices: list[int], scores: torch.Tensor) -> None:
+        self.selection_counts.update(choices)
+        best = [float(scores[i, c]) for i, c in enumerate(choices)]
+        far = [b > self.far_ood_level for b in best]
+        if any(far):
+            logger.warning("ODEx: %d of %d patches are far out-of-distribution (score %s > %.2f for the closest "
+                           "expert); predicting with the closest expert anyway", sum(far), len(far),
+                           [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level)
+        path = os.environ.get(SELECTION_LOG_ENV)
+        if path:
+            record = {"expert": choices, "score": scores.tolist(), "far_ood": far}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        pattern = re.compile(re.escape(prefix) + r"experts\.(\d+)\.")
+        indices = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
+        while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
+            self.add_expert(0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

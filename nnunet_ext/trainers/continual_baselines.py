@@ -1,0 +1,313 @@
+"""EWC and LwF (the ODEx paper's continual-learning baselines) as nnU-Net stream trainers.
+
+Both train one network through the stages of the dataset's ``stream.json`` with
+:class:`~nnunet_ext.trainers.stream.StreamTrainerMixin` and add one term to nnU-Net's loss in
+:meth:`ContinualRegularizerMixin.train_step` (nnU-Net's own step otherwise: AMP autocast and ``GradScaler``
+on CUDA, gradient clipping at 12, deep supervision). The algorithms are in
+:mod:`nnunet_ext.core.continual_regularizers`.
+
+* **EWC** (:class:`EWCMixin`): at the end of every stage (``on_stage_end``, the stage's training loader
+  still active) the diagonal Fisher is averaged over ``ewc_fisher_batches`` training batches from
+  gradients of the segmentation loss, unscaled by the AMP scale (batches that overflow are skipped), and
+  consolidated with the weights at that moment as anchors. Every later training step adds
+  ``ewc_lambda / 2 * sum F (theta - theta*)^2``. Under DDP each rank accumulates its own batches through the
+  unwrapped network and the sums and counts are all-reduced.
+* **LwF** (:class:`LwFMixin`): when a stage after the first starts, a frozen copy of the network becomes
+  the teacher; every training step adds ``lwf_alpha * T^2 * KL(teacher || student)`` on the same batch,
+  summed over deep-supervision outputs with nnU-Net's weights.
+
+State that must survive ``nnUNetv2_train ... --c`` (consolidated Fisher and anchors; the teacher's weights)
+is saved in the checkpoint through the mixin's ``stream_state_dict``. Inference is untouched: the
+checkpoint's ``network_weights`` are an ordinary nnU-Net, so stock ``nnUNetv2_predict`` gives the single
+trained model. Per-epoch mean segmentation loss and regularization term go to ``ewc.json`` / ``lwf.json``
+in the fold folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from nnunet_ext.core.continual_regularizers import (
+    ConsolidationMode,
+    ElasticWeightConsolidation,
+    FisherAccumulator,
+    deep_supervision_distillation_loss,
+)
+from nnunet_ext.trainers.budget import CPUBudgetMixin
+from nnunet_ext.trainers.stream import StreamTrainerMixin, unwrap
+from nnunet_ext.utils.atomic import write_json_atomic
+
+
+class ContinualRegularizerMixin(StreamTrainerMixin):
+    """nnU-Net's train step with one extra loss term from :meth:`regularization_loss`, logged per epoch.
+
+    Attributes:
+        continual_log_filename: per-epoch JSON log in the fold folder (epoch, stage, mean segmentation
+            loss, mean regularization term).
+    """
+
+    continual_log_filename: str = "continual.json"
+
+    def regularization_loss(self, data: torch.Tensor, output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
+        """The extra term for this batch (float32 scalar), or None while the method is inactive (stage 0)."""
+        return None
+
+    def _amp(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def on_train_start(self):
+        super().on_train_start()
+        keys = ("epochs", "stage", "train_loss_segmentation", "train_regularization")
+        self._continual_log: dict[str, Any] = {k: [] for k in keys}
+        path = os.path.join(self.output_folder, self.continual_log_filename)
+        if os.path.isfile(path):  # resumed run: keep the epochs the checkpoint covers
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+            keep = [i for i, e in enumerate(previous.get("epochs", [])) if e < self.current_epoch]
+            self._continual_log = {k: [previous[k][i] for i in keep] for k in keys}
+        self._step_terms: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._step_terms = []
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._amp():
+            output = self.network(data)
+            seg_loss = self.loss(output, target)
+        extra = self.regularization_loss(data, output)
+        loss = seg_loss if extra is None else seg_loss + extra
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self._step_terms.append((seg_loss.item(), 0.0 if extra is None else extra.item()))
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        log = self._continual_log
+        log["epochs"].append(self.current_epoch)
+        log["stage"].append(self.current_stage)
+        log["train_loss_segmentation"].append(float(np.mean([s for s, _ in self._step_terms])))
+        log["train_regularization"].append(float(np.mean([r for _, r in self._step_terms])))
+        if self.local_rank == 0:
+            write_json_atomic(os.path.join(self.output_folder, self.continual_log_filename), log)
+
+
+class EWCMixin(ContinualRegularizerMixin):
+    """Elastic Weight Consolidation over the stream's stages (see the module docstring).
+
+    Attributes:
+        ewc_lambda: penalty strength lambda (>= 0); 0.4 is Lifelong-nnUNet's default, used by the ODEx
+            paper's baseline.
+        ewc_mode: ``"sum"`` (Kirkpatrick et al.) or ``"online"`` consolidation over stages.
+        ewc_gamma: decay of older importance in ``"online"`` mode, in ``[0, 1]``.
+        ewc_fisher_batches: training batches averaged for the Fisher after each stage (>= 1).
+    """
+
+    ewc_lambda: float = 0.4
+    ewc_mode: ConsolidationMode = "sum"
+    ewc_gamma: float = 1.0
+    ewc_fisher_batches: int = 50
+    continual_log_filename = "ewc.json"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        name = type(self).__name__
+        if not self.ewc_lambda >= 0.0:
+            raise ValueError(f"{name}.ewc_lambda must be >= 0, got {self.ewc_lambda!r}; set it in a subclass")
+        if int(self.ewc_fisher_batches) < 1:
+            raise ValueError(f"{name}.ewc_fisher_batches must be >= 1, got {self.ewc_fisher_batches!r}")
+        self.ewc = ElasticWeightConsolidation(self.ewc_mode, self.ewc_gamma)
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(f"EWC: lambda {self.ewc_lambda}, consolidation {self.ewc_mode} (gamma "
+                               f"{self.ewc_gamma}), Fisher over {self.ewc_fisher_batches} batches per stage; "
+                               f"{self.ewc.num_stages} stage(s) consolidated")
+
+    def regularization_loss(self, data, output):
+        if not self.ewc.fisher:
+            return None
+        return self.ewc.penalty(unwrap(self.network).named_parameters(), self.ewc_lambda)
+
+    def estimate_fisher(self) -> FisherAccumulator:
+        """Squared unscaled gradients of the segmentation loss over ``ewc_fisher_batches`` training batches.
+
+        The network is in eval mode (no BatchNorm statistics change) and its weights are not updated; the
+        gradients are cleared afterwards. Under DDP the unwrapped network is used and the sums and counts
+        are all-reduced over the ranks.
+        """
+        net = unwrap(self.network)
+        was_training = net.training
+        net.eval()
+        accumulator = FisherAccumulator(net.named_parameters())
+        for _ in range(int(self.ewc_fisher_batches)):
+            batch = next(self.dataloader_train)
+            data = batch["data"].to(self.device, non_blocking=True)
+            target = batch["target"]
+            target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+                else target.to(self.device, non_blocking=True)
+            net.zero_grad(set_to_none=True)
+            with self._amp():
+                loss = self.loss(net(data), target)
+            # fp16 gradients need the scale against underflow; the accumulator divides it out again
+            scale = float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+            (loss.float() * scale).backward()
+            accumulator.accumulate(net.named_parameters(), loss_scale=scale)
+        net.zero_grad(set_to_none=True)
+        net.train(was_training)
+        if self.is_ddp:
+            accumulator.all_reduce()
+        return accumulator
+
+    def on_stage_end(self, stage_index: int) -> None:
+        super().on_stage_end(stage_index)
+        accumulator = self.estimate_fisher()
+        if accumulator.count == 0:
+            raise RuntimeError(f"EWC: every one of the {accumulator.skipped} Fisher batches after stage "
+                               f"{stage_index} had non-finite gradients; the network diverged in this stage")
+        net = unwrap(self.network)
+        self.ewc.consolidate(accumulator.fisher(), dict(net.named_parameters()))
+        total = sum(float(f.sum()) for f in self.ewc.fisher.values())
+        self.print_to_log_file(f"EWC: Fisher of stage {stage_index} from {accumulator.count} batches "
+                               f"({accumulator.skipped} skipped as non-finite); consolidated importance sum "
+                               f"{total:.4g} over {self.ewc.num_stages} stage(s)")
+
+    def stream_state_dict(self) -> dict[str, Any]:
+        return dict(super().stream_state_dict(), ewc=self.ewc.state_dict())
+
+    def load_stream_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_stream_state_dict(state)
+        if "ewc" not in state:
+            raise ValueError(f"the checkpoint has no EWC state: it was not written by {type(self).__name__}; "
+                             f"resume with the trainer that wrote it, or start a new run without --c")
+        saved = (state["ewc"]["mode"], float(state["ewc"]["gamma"]))
+        if saved != (self.ewc.mode, self.ewc.gamma):
+            raise ValueError(f"the checkpoint's EWC state was consolidated with mode/gamma {saved}, but "
+                             f"{type(self).__name__} has {(self.ewc.mode, self.ewc.gamma)}; resume with the same "
+                             f"settings, or start a new run without --c")
+        self.ewc.load_state_dict(state["ewc"], device=self.device)
+
+
+class LwFMixin(ContinualRegularizerMixin):
+    """Learning without Forgetting over the stream's stages (see the module docstring).
+
+    Attributes:
+        lwf_temperature: distillation temperature T (> 0); Li & Hoiem use 2.
+        lwf_alpha: weight of the distillation term (>= 0); Li & Hoiem's lambda_o = 1.
+        teacher: the frozen network from the start of the current stage; None during stage 0.
+    """
+
+    lwf_temperature: float = 2.0
+    lwf_alpha: float = 1.0
+    continual_log_filename = "lwf.json"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        name = type(self).__name__
+        if not self.lwf_temperature > 0.0:
+            raise ValueError(f"{name}.lwf_temperature must be > 0, got {self.lwf_temperature!r}")
+        if not self.lwf_alpha >= 0.0:
+            raise ValueError(f"{name}.lwf_alpha must be >= 0, got {self.lwf_alpha!r}")
+        self.teacher: nn.Module | None = None
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(f"LwF: temperature {self.lwf_temperature}, alpha {self.lwf_alpha}; teacher "
+                               f"{'restored' if self.teacher is not None else 'from the next stage on'}")
+
+    def _frozen_copy(self) -> nn.Module:
+        teacher = copy.deepcopy(unwrap(self.network))
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher
+
+    def on_stage_start(self, stage_index: int) -> None:
+        super().on_stage_start(stage_index)
+        if stage_index > 0:
+            self.teacher = self._frozen_copy()
+            self.print_to_log_file(f"LwF: the network at the start of stage {stage_index} is the teacher")
+
+    def regularization_loss(self, data, output):
+        if self.teacher is None:
+            return None
+        with torch.no_grad(), self._amp():
+            teacher_output = self.teacher(data)
+        weights = getattr(self.loss, "weight_factors", None)  # nnU-Net's DeepSupervisionWrapper
+        return self.lwf_alpha * deep_supervision_distillation_loss(output, teacher_output, self.lwf_temperature,
+                                                                   weights)
+
+    def stream_state_dict(self) -> dict[str, Any]:
+        teacher = None if self.teacher is None else self.teacher.state_dict()
+        return dict(super().stream_state_dict(), lwf={"teacher": teacher})
+
+    def load_stream_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_stream_state_dict(state)
+        if "lwf" not in state:
+            raise ValueError(f"the checkpoint has no LwF state: it was not written by {type(self).__name__}; "
+                             f"resume with the trainer that wrote it, or start a new run without --c")
+        self.teacher = None
+        if state["lwf"]["teacher"] is not None:
+            self.teacher = self._frozen_copy()
+            self.teacher.load_state_dict(state["lwf"]["teacher"])
+
+
+class nnUNetTrainerEWC(EWCMixin, nnUNetTrainer):
+    """EWC, lambda 0.4, Fisher over 50 batches per stage, 200 epochs per stage (the ODEx paper's budget)."""
+
+
+class nnUNetTrainerLwF(LwFMixin, nnUNetTrainer):
+    """LwF, T = 2, alpha 1, 200 epochs per stage (the ODEx paper's budget)."""
+
+
+class nnUNetTrainerEWC_50epochs(nnUNetTrainerEWC):
+    """EWC with 50 epochs per stage (as ``nnUNetTrainerSequential_50epochs``)."""
+
+    epochs_per_stage = 50
+
+
+class nnUNetTrainerLwF_50epochs(nnUNetTrainerLwF):
+    """LwF with 50 epochs per stage (as ``nnUNetTrainerSequential_50epochs``)."""
+
+    epochs_per_stage = 50
+
+
+class nnUNetTrainerEWC_smoke(EWCMixin, CPUBudgetMixin, nnUNetTrainer):
+    """Tests: 2 epochs x 15 iterations per stage, Fisher over 4 batches."""
+
+    epochs_per_stage = 2
+    budget_iterations = 15
+    budget_val_iterations = 2
+    ewc_fisher_batches = 4
+
+
+class nnUNetTrainerLwF_smoke(LwFMixin, CPUBudgetMixin, nnUNetTrainer):
+    """Tests: 2 epochs x 15 iterations per stage."""
+
+    epochs_per_stage = 2
+    budget_iterations = 15
+    budget_val_iterations = 2
