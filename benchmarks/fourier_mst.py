@@ -11,6 +11,8 @@ pair" (the best beta per target domain) and "averaged optimal" (one beta for all
 the model's fold-0 validation slabs (not trained on) passed through the same simulated scanner settings
 as each test domain (``simulate_scanner`` with the dataset's seed, applied per slab).
 
+A third set-up shows what an untuned user gets: beta fixed at the trainer default 0.03.
+
 Conditions (paper names): no adaptation; "None" = one random donor; "MST" = 7 random donors;
 "SR-SIM+" = 7 donors chosen by SR-SIM (2D selection: a 2d nnU-Net sees single slices). Predictions use
 nnU-Net's predictor without mirroring (identically for all conditions); metrics come from
@@ -20,6 +22,7 @@ SR-SIM (the selection overhead), in the same process.
 
     python benchmarks/fourier_mst.py --workdir benchmarks/results/fourier_mst        # 2 trainers x 2 seeds
     python benchmarks/fourier_mst.py --workdir /tmp/fda_quick --quick                # 1 seed, short training
+    python benchmarks/fourier_mst.py --workdir benchmarks/results/fourier_mst --timing-only   # runtime again, idle
 
 Two source models per seed: stock ``nnUNetTrainer`` and ``nnUNetTrainerNoDA`` (no augmentation, closer to the
 paper's plain U-Net), both trained in-process with the same CPU budget.
@@ -53,6 +56,7 @@ TRAINER_NOTES = {
     "nnUNetTrainer": "stock nnU-Net: its intensity augmentation already covers part of the shift",
     "nnUNetTrainerNoDA": "nnU-Net without data augmentation, closer to the paper's plain U-Net training",
 }
+FIXED_BETA = 0.03  # nnUNetTrainerFourierMST's default (the paper's Fig. 3 value): what a user gets untuned
 BETAS = [0.0, 0.01, 0.03, 0.05, 0.1]
 
 
@@ -120,25 +124,44 @@ def predict_and_evaluate(predictor, dataset_dir: Path, out: Path) -> dict[str, d
             for d, v in result["domains"].items()}
 
 
-def time_network(predictor, cases: list[np.ndarray], repeats: int = 1) -> float:
-    """Median over ``repeats`` of the total predictor time on preprocessed cases (after one warm-up)."""
+def measure_runtime(predictor, dataset_dir: Path, beta: float, repeats: int = 3,
+                    max_cases: int | None = None) -> dict[str, float]:
+    """Network part of prediction on the preprocessed test cases: plain, MST with 7 random donors, MST with
+    7 SR-SIM donors; after one warm-up each, the three timed in turn ``repeats`` times (so a load change on a
+    shared machine hits all three alike); medians. ``beta`` > 0 so that the transfer does its real work."""
     import torch
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
-    predictor.predict_logits_from_preprocessed_data(torch.from_numpy(cases[0]))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for data in cases:
-            predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from nnunet_ext.cli.fda import configure_predictor_bank
+
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    files = create_lists_from_splitted_dataset_folder(str(dataset_dir / "imagesTs"), ".nii.gz")[:max_cases]
+    cases = [torch.from_numpy(preprocessor.run_case(f, None, predictor.plans_manager, predictor.configuration_manager,
+                                                    predictor.dataset_json)[0]) for f in files]
+    settings = {"plain": None, "mst_random": "random", "mst_srsim": "srsim"}
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    for repeat in range(repeats + 1):
+        for name, selection in settings.items():
+            predictor.network.enabled = selection is not None
+            if selection is not None:
+                configure_predictor_bank(predictor, beta=beta, n_mst=7, selection=selection)
+            t0 = time.perf_counter()
+            for data in cases[:1] if repeat == 0 else cases:  # repeat 0: warm-up
+                predictor.predict_logits_from_preprocessed_data(data)
+            if repeat:
+                times[name].append(time.perf_counter() - t0)
+    predictor.network.enabled = True
+    med = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    return {**med, "cases": len(cases), "repeats": repeats, "beta": beta,
+            "mst_over_plain": med["mst_random_s"] / med["plain_s"],
+            "selection_overhead": med["mst_srsim_s"] / med["mst_random_s"] - 1.0,
+            "srsim_mst_over_plain": med["mst_srsim_s"] / med["plain_s"]}
 
 
 def run_seed(work: Path, dataset_dir: Path, trainer: str, seed: int, epochs: int, iterations: int,
              betas: list[float]) -> dict:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     from nnunet_ext.cli.fda import attach, configure_predictor_bank, select_beta
 
@@ -151,9 +174,15 @@ def run_seed(work: Path, dataset_dir: Path, trainer: str, seed: int, epochs: int
         attach(model, mst_model)
     bank = json.loads((mst_model / "fda_bank.json").read_text())["folds"]["0"]
 
+    grid_file = run_dir / "beta_grid.json"  # the slow part: reused when the script is run again
     t0 = time.perf_counter()
-    grid = select_beta(mst_model, [(n, i, lab) for n, (i, lab) in validation_targets(work, dataset_dir).items()],
-                       betas, ["0"], "checkpoint_final.pth", progress=lambda m: print("    " + m, flush=True))
+    if grid_file.is_file() and json.loads(grid_file.read_text())["betas"] == list(betas):
+        grid = json.loads(grid_file.read_text())
+    else:
+        targets = [(n, i, lab) for n, (i, lab) in validation_targets(work, dataset_dir).items()]
+        grid = select_beta(mst_model, targets, betas, ["0"], "checkpoint_final.pth",
+                           progress=lambda m: print("    " + m, flush=True))
+        grid_file.write_text(json.dumps(grid, indent=2))
     select_s = time.perf_counter() - t0
     per_pair = grid["optimal_per_pair"]
     averaged = grid["averaged_optimal"]
@@ -167,33 +196,21 @@ def run_seed(work: Path, dataset_dir: Path, trainer: str, seed: int, epochs: int
         if settings is None:
             results[condition] = {"averaged": predict_and_evaluate(predictor, dataset_dir,
                                                                    run_dir / "pred" / "plain")}
-            results[condition]["per_pair"] = results[condition]["averaged"]
+            results[condition]["per_pair"] = results[condition]["fixed"] = results[condition]["averaged"]
             continue
         by_beta = {}
-        for beta in sorted({averaged, *per_pair.values()}):
+        for beta in sorted({averaged, FIXED_BETA, *per_pair.values()}):
             configure_predictor_bank(predictor, beta=beta, **settings)
             tag = f"{settings['selection']}_n{settings['n_mst']}_beta{beta}"
             by_beta[beta] = predict_and_evaluate(predictor, dataset_dir, run_dir / "pred" / tag)
-        results[condition] = {"averaged": by_beta[averaged],
+        results[condition] = {"averaged": by_beta[averaged], "fixed": by_beta[FIXED_BETA],
                               "per_pair": {dom: by_beta[per_pair[dom]][dom] for dom in by_beta[averaged]}}
         print(f"  {condition}: " + ", ".join(f"{d} {v['dice']:.3f}" for d, v in results[condition]["averaged"].items()),
               flush=True)
 
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    cases = [preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
-                                   predictor.dataset_json)[0]
-             for files in create_lists_from_splitted_dataset_folder(str(dataset_dir / "imagesTs"), ".nii.gz")]
-    predictor.network.enabled = False
-    plain_s = time_network(predictor, cases)
-    predictor.network.enabled = True
-    configure_predictor_bank(predictor, beta=averaged, n_mst=7, selection="random")
-    random_s = time_network(predictor, cases)
-    configure_predictor_bank(predictor, beta=averaged, n_mst=7, selection="srsim")
-    srsim_s = time_network(predictor, cases)
+    timing = measure_runtime(predictor, dataset_dir, FIXED_BETA, repeats=1)
     return {"trainer": trainer, "seed": seed, "train_s": train_s, "select_beta_s": select_s, "beta_grid": grid, "results": results,
-            "timing": {"plain_s": plain_s, "mst_random_s": random_s, "mst_srsim_s": srsim_s,
-                       "mst_over_plain": random_s / plain_s, "selection_overhead": srsim_s / random_s - 1.0,
-                       "srsim_mst_over_plain": srsim_s / plain_s},
+            "timing": timing,
             "bank": {"num_donors": bank["num_donors"], "megabytes": bank["bank_megabytes"]}}
 
 
@@ -201,8 +218,9 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
     domains = ["severe", "medium", "subtle", "no shift"]
     table: dict = {}
     lines = []
-    for setup in ("averaged", "per_pair"):
-        title = "beta: averaged optimal" if setup == "averaged" else "beta: optimal per pair"
+    titles = {"averaged": "beta: averaged optimal", "per_pair": "beta: optimal per pair",
+              "fixed": f"beta fixed at {FIXED_BETA} (the trainer default, not tuned)"}
+    for setup, title in titles.items():
         lines += [f"\n### {title} (mean foreground Dice; surface Dice at 2 mm in brackets; mean ± sd over "
                   f"{len(runs)} seeds)\n", "| condition | " + " | ".join(domains) + " | average |",
                   "|---|" + "---|" * (len(domains) + 1)]
@@ -218,21 +236,53 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
                 sd = f" ± {statistics.stdev(dice):.3f}" if len(dice) > 1 else ""
                 cells.append(f"{statistics.mean(dice):.3f}{sd} ({statistics.mean(sdice):.3f})")
             lines.append(f"| {condition} | " + " | ".join(cells) + f" | {statistics.mean(means):.3f} |")
-    t = [r["timing"] for r in runs]
-    lines += ["\n### Runtime (network part of prediction, 12 preprocessed test cases, no mirroring)\n",
-              "| seed | plain s | MST random s | MST SR-SIM s | MST / plain | selection overhead |", "|---|---|---|---|---|---|"]
-    for r in runs:
-        x = r["timing"]
-        lines.append(f"| {r['seed']} | {x['plain_s']:.2f} | {x['mst_random_s']:.2f} | {x['mst_srsim_s']:.2f} | "
-                     f"{x['mst_over_plain']:.2f} | {100 * x['selection_overhead']:.1f}% |")
-    table["timing_median"] = {k: statistics.median(v[k] for v in t) for k in t[0]}
-    lines.append(f"\nMedian MST / plain: {table['timing_median']['mst_over_plain']:.2f} (target <= 7 x 1.05 = 7.35); "
-                 f"median SR-SIM selection overhead: {100 * table['timing_median']['selection_overhead']:.1f}% "
-                 f"(target <= 10%). Bank: {runs[0]['bank']['num_donors']} donors, {runs[0]['bank']['megabytes']} MB.")
+    lines += runtime_lines(runs)
+    table["timing_median"] = {k: statistics.median(r["timing"][k] for r in runs) for k in runs[0]["timing"]}
     betas = [(r["seed"], r["beta_grid"]["averaged_optimal"], r["beta_grid"]["optimal_per_pair"]) for r in runs]
     lines.append("\nSelected beta (validation targets): " + "; ".join(
         f"seed {s}: averaged {a}, per pair {p}" for s, a, p in betas))
     return table, "\n".join(lines)
+
+
+def runtime_lines(runs: list[dict]) -> list[str]:
+    t = runs[0]["timing"]
+    lines = [f"\n### Runtime (network part of prediction, {t['cases']} preprocessed test cases, no mirroring, beta "
+             f"{t['beta']}, median of {t['repeats']} interleaved repeats)\n",
+             "| run | plain s | MST random s | MST SR-SIM s | MST / plain | SR-SIM selection overhead |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        x = r["timing"]
+        lines.append(f"| {r['trainer']} seed {r['seed']} | {x['plain_s']:.2f} | {x['mst_random_s']:.2f} | "
+                     f"{x['mst_srsim_s']:.2f} | {x['mst_over_plain']:.2f} | {100 * x['selection_overhead']:.1f}% |")
+    med = {k: statistics.median(r["timing"][k] for r in runs) for k in ("mst_over_plain", "selection_overhead")}
+    lines.append(f"\nMedian MST / plain: {med['mst_over_plain']:.2f} (target <= 7 x 1.05 = 7.35); median SR-SIM "
+                 f"selection overhead: {100 * med['selection_overhead']:.1f}% (target <= 10%). Bank: "
+                 f"{runs[0]['bank']['num_donors']} donors, {runs[0]['bank']['megabytes']} MB.")
+    return lines
+
+
+def timing_only(work: Path, dataset_dir: Path, jobs: list[tuple[str, int]], repeats: int) -> None:
+    """Re-measure the runtime of finished runs (their MST model folders) on an otherwise idle machine."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    runs = []
+    for trainer, seed in jobs:
+        mst_model = work / "runs" / trainer / f"seed{seed}" / "mst_model"
+        if not (mst_model / "fda_bank.json").is_file():
+            print(f"skip {trainer} seed {seed}: no {mst_model}", flush=True)
+            continue
+        predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False, verbose=False)
+        predictor.initialize_from_trained_model_folder(str(mst_model), use_folds=(0,))
+        bank = json.loads((mst_model / "fda_bank.json").read_text())["folds"]["0"]
+        runs.append({"trainer": trainer, "seed": seed, "timing": measure_runtime(predictor, dataset_dir, FIXED_BETA,
+                                                                                 repeats),
+                     "bank": {"num_donors": bank["num_donors"], "megabytes": bank["bank_megabytes"]}})
+        print(f"{trainer} seed {seed}: {runs[-1]['timing']}", flush=True)
+    text = f"Machine: {machine_facts()}; torch threads {torch.get_num_threads()}\n" + "\n".join(runtime_lines(runs))
+    (work / "timing.json").write_text(json.dumps(runs, indent=2))
+    (work / "timing.md").write_text(text + "\n")
+    print(text)
 
 
 def plot(runs: list[dict], table: dict, out: Path, trainer: str) -> None:
@@ -280,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--betas", type=float, nargs="+", default=BETAS, help="beta grid searched on validation targets")
     p.add_argument("--iterations", type=int, default=25)
     p.add_argument("--quick", action="store_true", help="1 seed, 3 x 10 iterations: checks the script only")
+    p.add_argument("--timing-only", action="store_true",
+                   help="only re-measure the runtime of finished runs (run it on an idle machine); writes timing.md")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median)")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.iterations, args.trainers, args.betas = [0], 3, 10, ["nnUNetTrainer"], [0.0, 0.03]
@@ -288,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset_dir = prepare_demo_workspace(work, DATASET_ID, seed=BUILD_SEED)
 
     jobs = [(t, seed) for seed in args.seeds for t in args.trainers]
+    if args.timing_only:
+        timing_only(work, dataset_dir, jobs, args.repeats)
+        return 0
     runs = []
     for i, (trainer, seed) in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {trainer}, seed {seed}: train {args.epochs} x {args.iterations} iterations, attach, "
