@@ -32,10 +32,7 @@ import json
 import os
 
 import numpy as np
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
 from nnunet_ext.networks.catenorm import (
     CATENORM_UNET_PATH,
@@ -44,6 +41,7 @@ from nnunet_ext.networks.catenorm import (
 )
 from nnunet_ext.trainers.avagrad import AvaGradMixin
 from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
+from nnunet_ext.trainers.steps import amp_context, backward_and_step
 from nnunet_ext.utils.atomic import write_json_atomic
 
 CATENORM_LOG_FILENAME = "catenorm.json"
@@ -148,19 +146,6 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
                                    f"{self.current_epoch}")
         self._pass_losses = []
 
-    def _update(self, loss: torch.Tensor) -> None:
-        """One backward + clip + optimizer step; with AMP a full GradScaler cycle (so it can run twice)."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-
     def train_step(self, batch: dict) -> dict:
         net = self._catenorm_net()
         if not net.is_catenorm_active:
@@ -169,7 +154,7 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
-        amp = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        amp = amp_context(self.device)
 
         self.optimizer.zero_grad(set_to_none=True)  # update 1: shared weights + ordinary affine
         with amp:
@@ -177,15 +162,15 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
             loss_plain = self.loss(output, target)
         mask = net.mask_from_output(output)  # detached softmax, before update 1 (Algorithm 1)
         del output
-        self._update(loss_plain)
+        backward_and_step(self, loss_plain)
 
         self.optimizer.zero_grad(set_to_none=True)  # update 2: shared weights + CateNorm branch
-        amp = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        amp = amp_context(self.device)
         with amp:
             output = self.network(data, branch="catenorm", mask=mask)
             loss_cn = self.loss(output, target)
         del output
-        self._update(loss_cn)
+        backward_and_step(self, loss_cn)
         self._pass_losses.append((loss_plain.item(), loss_cn.item()))
         return {"loss": loss_cn.detach().cpu().numpy()}
 

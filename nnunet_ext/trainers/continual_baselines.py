@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
 from nnunet_ext.core.continual_regularizers import (
     ConsolidationMode,
@@ -44,6 +43,7 @@ from nnunet_ext.core.continual_regularizers import (
 )
 from nnunet_ext.trainers.budget import CPUBudgetMixin
 from nnunet_ext.trainers.stream import StreamTrainerMixin, unwrap
+from nnunet_ext.trainers.steps import amp_context, backward_and_step
 from nnunet_ext.utils.atomic import write_json_atomic
 
 
@@ -60,9 +60,6 @@ class ContinualRegularizerMixin(StreamTrainerMixin):
     def regularization_loss(self, data: torch.Tensor, output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
         """The extra term for this batch (float32 scalar), or None while the method is inactive (stage 0)."""
         return None
-
-    def _amp(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def on_train_start(self):
         super().on_train_start()
@@ -86,21 +83,12 @@ class ContinualRegularizerMixin(StreamTrainerMixin):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._amp():
+        with amp_context(self.device):
             output = self.network(data)
             seg_loss = self.loss(output, target)
         extra = self.regularization_loss(data, output)
         loss = seg_loss if extra is None else seg_loss + extra
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(self, loss)
         self._step_terms.append((seg_loss.item(), 0.0 if extra is None else extra.item()))
         return {"loss": loss.detach().cpu().numpy()}
 
@@ -171,7 +159,7 @@ class EWCMixin(ContinualRegularizerMixin):
             target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
                 else target.to(self.device, non_blocking=True)
             net.zero_grad(set_to_none=True)
-            with self._amp():
+            with amp_context(self.device):
                 loss = self.loss(net(data), target)
             # fp16 gradients need the scale against underflow; the accumulator divides it out again
             scale = float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
@@ -255,7 +243,7 @@ class LwFMixin(ContinualRegularizerMixin):
     def regularization_loss(self, data, output):
         if self.teacher is None:
             return None
-        with torch.no_grad(), self._amp():
+        with torch.no_grad(), amp_context(self.device):
             teacher_output = self.teacher(data)
         weights = getattr(self.loss, "weight_factors", None)  # nnU-Net's DeepSupervisionWrapper
         return self.lwf_alpha * deep_supervision_distillation_loss(output, teacher_output, self.lwf_temperature,

@@ -42,12 +42,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import (
     ConfigurationManager,
     PlansManager,
 )
-from torch import autocast, nn
+from torch import nn
 
 from nnunet_ext.core.style_curriculum import (
     FourierAmplitudeMix,
@@ -59,6 +58,7 @@ from nnunet_ext.core.style_curriculum import (
 )
 from nnunet_ext.networks.style_curriculum import RotationTTANetwork
 from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
+from nnunet_ext.trainers.steps import amp_context, backward_and_step
 from nnunet_ext.utils.atomic import write_json_atomic
 
 CURRICULUM_LOG_FILENAME = "style_curriculum.json"
@@ -178,18 +178,9 @@ class StyleCurriculumMixin:
     def _update(self, z: torch.Tensor, target) -> float:
         """One parameter update on ``z`` with nnU-Net's loss, AMP and clipping (gradients reach ``z``)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with amp_context(self.device):
             loss = self.loss(self.network(z), target)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(self, loss)
         return float(loss.detach().cpu())
 
     def train_step(self, batch: dict) -> dict:
