@@ -60,6 +60,25 @@ def test_stages_switch_cases_and_hooks_run_once(tiny_workspace, monkeypatch, tmp
     assert set(trainer.do_split()[1]) == {"mni152_slab04", "mni152_slab06", "mni152_slab07"}
 
 
+def test_checkpoint_is_nnunets_plus_the_stream_state(tiny_workspace, monkeypatch, tmp_path):
+    ws = stream_workspace(tiny_workspace, tmp_path)
+    trainer = make_trainer(nnUNetTrainerSequential_smoke, ws, monkeypatch, tmp_path)
+    trainer.initialize()
+    trainer.save_checkpoint(str(tmp_path / "ours.pth"))
+    nnUNetTrainer.save_checkpoint(trainer, str(tmp_path / "stock.pth"))
+    ours, stock = (torch.load(tmp_path / f"{n}.pth", map_location="cpu", weights_only=False) for n in ("ours", "stock"))
+    assert set(ours) == set(stock) | {STREAM_CHECKPOINT_KEY}
+    assert ours[STREAM_CHECKPOINT_KEY] == trainer.stream_state_dict()
+    for key in stock:
+        if key == "network_weights":
+            assert ours[key].keys() == stock[key].keys()
+            assert all(torch.equal(ours[key][k], stock[key][k]) for k in stock[key])
+        elif key != "optimizer_state":
+            assert ours[key] == stock[key], key
+    assert ours["optimizer_state"]["param_groups"] == stock["optimizer_state"]["param_groups"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 class _Killed(RuntimeError):
     pass
 
