@@ -82,10 +82,13 @@ def norm_input_features(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """
     if x.ndim < 3:
         raise ValueError(f"x must be (B, C, *spatial) with at least one spatial axis, got shape {tuple(x.shape)}")
-    flat = x.detach().to(torch.float64).flatten(2)
-    mean = flat.mean(dim=2)
-    std = flat.std(dim=2, unbiased=False)
-    return torch.cat([mean, torch.log(std + eps)], dim=1)
+    # two passes in (at least) float32: exact enough (torch's mean sums pairwise) and ~10x faster on CPU than
+    # torch.std/var_mean, which matters because every expert's features are computed for every test patch
+    flat = x.detach().flatten(2)
+    flat = flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
+    mean = flat.mean(dim=2, keepdim=True)
+    std = (flat - mean).square().mean(dim=2).sqrt()
+    return torch.cat([mean.squeeze(2), torch.log(std + eps)], dim=1).to(torch.float64)
 
 
 def oas_shrinkage(empirical_cov: torch.Tensor, n: float) -> torch.Tensor:

@@ -2,14 +2,16 @@
 
 :class:`ODExPool` is what ``nnUNetv2_predict -tr nnUNetTrainerODEx`` runs. Everything it needs travels in
 its state dict: the experts' weights, each expert's history of Gaussians (means and Cholesky factors of the
-feature covariances), each Gaussian's calibration ``[d_min, d_max, d_mean]`` of in-distribution distances
-and the index of the expert being trained. The predictor rebuilds the network with the static
-``build_network_architecture`` (one expert, empty history) and loads the checkpoint strictly;
-:meth:`ODExPool._load_from_state_dict` grows the pool and the histories to the sizes in the checkpoint.
+feature covariances), each Gaussian's calibration ``[d_min, d_max, d_mean]`` of in-distribution distances,
+the index of the expert being trained and the frozen feature network (``reference``). The predictor
+rebuilds the network with the static ``build_network_architecture`` (one expert, empty history) and loads
+the checkpoint strictly; :meth:`ODExPool._load_from_state_dict` grows the pool, the histories and the
+reference to what the checkpoint holds.
 
 **Unit of selection.** nnU-Net predicts with sliding windows, so the network sees patches, not images.
-Each *patch* (each sample of a forward batch) is routed on its own: its features ``z`` are computed with
-every expert's first convolution (only up to the first normalisation layer, cheap), the expert with the
+Each *patch* (each sample of a forward batch) is routed on its own: its features ``z`` are computed once
+with the frozen reference network (:meth:`ODExPool.set_reference`; only up to its first normalisation
+layer, cheap; pools saved without a reference use each expert's own first layer), the expert with the
 smallest score (normalised Mahalanobis distances summed over its history, divided by the history length,
 :func:`nnunet_ext.core.odex.history_score`) is chosen and only
 that expert runs on the patch. Training statistics are computed on training patches of the same size, so
@@ -163,9 +165,11 @@ class ODExPool(nn.Module):
         self.far_ood_level = float(far_ood_level)
         self.experts = nn.ModuleList([expert])
         self.histories = nn.ModuleList([ExpertHistory(self.feature_dim)])
+        self.reference = nn.ModuleList()  # empty, or the frozen feature network (see set_reference)
         self.register_buffer("active_expert", torch.zeros((), dtype=torch.long))
         self.route = True
         self.selection_counts: Counter = Counter()
+        self._last_load: tuple | None = None  # see load_state_dict
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -190,13 +194,32 @@ class ODExPool(nn.Module):
         self.histories.append(copy.deepcopy(self.histories[parent]))
         return len(self) - 1
 
+    def set_reference(self, index: int) -> None:
+        """Freeze a copy of expert ``index`` as the network every feature is computed with from now on.
+
+        Each expert's first convolution keeps changing while it trains, so Gaussians fitted earlier (its own
+        and those inherited from its parent) would describe another feature space than the one its features
+        are measured in later; an expert added by expansion then never wins a selection. With one frozen
+        feature network (the trainer freezes the first expert when the first Gaussian is fitted) every
+        Gaussian and every test patch live in one space, and a patch's features are computed once for all
+        experts.
+        """
+        reference = copy.deepcopy(self.experts[index]).requires_grad_(False)
+        if len(self.reference):
+            self.reference[0] = reference
+        else:
+            self.reference.append(reference)
+
     def features(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """ODEx features of ``x`` under expert ``index``: runs the expert only up to its first norm layer.
+        """ODEx features of ``x``: runs the feature network only up to its first norm layer.
+
+        The feature network is the frozen reference (:meth:`set_reference`) if there is one, else expert ``index``.
 
         Shape:
             x: ``(B, C_in, *spatial)``. Returns ``(B, feature_dim)`` float64.
         """
-        norm = first_norm_layer(self.experts[index])
+        network = self.reference[0] if len(self.reference) else self.experts[index]
+        norm = first_norm_layer(network)
 
         def stop(_module, inputs):
             raise _StopAtNorm(inputs[0])
@@ -204,7 +227,7 @@ class ODExPool(nn.Module):
         handle = norm.register_forward_pre_hook(stop)
         try:
             with torch.no_grad():
-                self.experts[index](x)
+                network(x)
         except _StopAtNorm as e:
             return norm_input_features(e.value)
         finally:
@@ -213,6 +236,9 @@ class ODExPool(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
+        if len(self.reference):  # one feature space: compute the features once
+            z = self.features(x, 0)
+            return torch.stack([h.score(z) for h in self.histories], dim=1)
         return torch.stack([self.histories[m].score(self.features(x, m)) for m in range(len(self))], dim=1)
 
     def thresholds(self) -> torch.Tensor:
@@ -259,11 +285,37 @@ class ODExPool(nn.Module):
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`, but in eval mode a repeated load of the same, unmodified
+        mapping into the unmodified pool is skipped.
+
+        nnU-Net's predictor loads the checkpoint's weights again before every case; for a pool of M experts each
+        load copies M networks (measured on the 4-expert demo pool: about 0.1 s per case, more than the routed
+        forward passes of a small case). "Unmodified" is checked with the tensors' version counters, which every
+        in-place change increments, so a different or edited state dict, or edited pool weights, load normally.
+        """
+        if self.training or assign:
+            self._last_load = None
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self._last_load is not None and self._last_load[0] is state_dict \
+                and self._last_load[1:] == self._load_versions(state_dict):
+            return nn.modules.module._IncompatibleKeys([], [])
+        result = super().load_state_dict(state_dict, strict=strict)
+        self._last_load = (state_dict, *self._load_versions(state_dict))
+        return result
+
+    def _load_versions(self, state_dict) -> tuple[tuple, tuple]:
+        incoming = tuple((k, id(v), v._version) for k, v in state_dict.items() if isinstance(v, torch.Tensor))
+        own = tuple(t._version for t in (*self.parameters(), *self.buffers()))
+        return incoming, own
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         pattern = re.compile(re.escape(prefix) + r"experts\.(\d+)\.")
         indices = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
         while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
             self.add_expert(0)
+        if not len(self.reference) and any(k.startswith(prefix + "reference.0.") for k in state_dict):
+            self.set_reference(0)  # placeholder; its weights come from the state dict
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

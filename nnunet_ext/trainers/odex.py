@@ -167,6 +167,11 @@ class ODExMixin(StreamTrainerMixin):
     def on_stage_end(self, stage_index: int) -> None:
         pool = self.pool
         m = pool.active
+        if not len(pool.reference):  # the first Gaussian: its feature space becomes everyone's
+            pool.set_reference(m)
+            # the checkpoint written after this stage must pair the grown network with an optimizer over the same
+            # parameters (the next stage rebuilds the optimizer anyway)
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
         features = self._stage_features(m)
         stats = GaussianStats(pool.feature_dim, device=features.device)
         stats.update(features)
@@ -216,10 +221,9 @@ class ODExMixin(StreamTrainerMixin):
         pool = self.pool
         totals = torch.zeros(len(pool), 2, dtype=torch.float64, device=self.device)
         for x, _ in self._feature_batches():
-            for m in range(len(pool)):
-                score = pool.histories[m].score(pool.features(x, m))
-                totals[m, 0] += score.sum()
-                totals[m, 1] += score.numel()
+            scores = pool.scores(x)  # (B, M)
+            totals[:, 0] += scores.sum(0).to(totals)
+            totals[:, 1] += scores.shape[0]
         totals = distributed_reduce(totals, "sum")
         return (totals[:, 0] / totals[:, 1]).cpu()
 

@@ -126,3 +126,46 @@ def test_selection_log_and_far_ood_warning(monkeypatch, tmp_path, caplog):
 def test_a_network_without_norm_is_refused():
     with pytest.raises(ValueError, match="no normalisation layer"):
         ODExPool(nn.Conv2d(1, 2, 3))
+
+
+def test_a_repeated_load_is_skipped_only_while_nothing_changed(monkeypatch):
+    pool, a, b = two_domain_pool(2)
+    state = pool.state_dict()
+    fresh = ODExPool(unet(2, seed=5)).eval()
+    calls = []
+    original = nn.Module.load_state_dict
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda *args, **kw: (calls.append(1), original(*args, **kw))[1])
+    fresh.load_state_dict(state)
+    fresh.load_state_dict(state)  # what nnU-Net's predictor does before every case
+    assert len(calls) == 1 and len(fresh) == 2
+    with torch.no_grad():
+        fresh.experts[1].decoder.seg_layers[0].weight.add_(1.0)  # the pool was edited: load again
+    fresh.load_state_dict(state)
+    assert len(calls) == 2
+    assert torch.equal(fresh.experts[1].decoder.seg_layers[0].weight, state["experts.1.decoder.seg_layers.0.weight"])
+    with torch.no_grad():
+        state["experts.0.decoder.seg_layers.0.bias"].add_(1.0)  # the state dict was edited: load again
+    fresh.load_state_dict(state)
+    assert len(calls) == 3 and torch.equal(fresh.experts[0].decoder.seg_layers[0].bias,
+                                           state["experts.0.decoder.seg_layers.0.bias"])
+    fresh.load_state_dict(dict(state))  # another mapping with the same tensors: load again
+    fresh.train().load_state_dict(state)  # training mode never skips
+    assert len(calls) == 5
+
+
+def test_with_a_reference_a_trained_child_wins_on_its_own_data():
+    pool, a, b = two_domain_pool(2)  # expert 0 knows a, expert 1 (a copy) knows b
+    fresh = ODExPool(unet(2))
+    fresh.set_reference(0)
+    calibrate(fresh, 0, a)
+    child = fresh.add_expert(0)
+    with torch.no_grad():  # the child trains on b: its first convolution changes a lot
+        first_conv = next(m for m in fresh.experts[child].modules() if isinstance(m, nn.Conv2d))
+        first_conv.weight.mul_(-3.0)
+    calibrate(fresh, child, b)
+    assert torch.equal(fresh.features(b, 0), fresh.features(b, child))  # one feature space
+    fresh.eval()
+    assert fresh.select(a)[0] == [0] * len(a) and fresh.select(b)[0] == [child] * len(b)
+    restored = ODExPool(unet(2, seed=3))
+    restored.load_state_dict(fresh.state_dict())  # the reference travels in the state dict
+    assert len(restored.reference) == 1 and torch.equal(restored.features(b, 1), fresh.features(b, 1))
