@@ -4,10 +4,11 @@ The design of Xiao et al. (DART 2022) Tables 1-3 at a CPU budget: nnU-Net 2d on 
 dataset (real training slabs; test on held-out real slabs and three simulated scanners), with
 
     stock          nnUNetTrainer (SGD, poly), E epochs x I iterations          (the paper's "Baseline")
+    stock-equal-updates  nnUNetTrainer for 2E - W epochs: as many parameter updates as a CateNorm run
     CN-block1-4    nnUNetTrainerCateNorm: CateNorm in the first four encoder stages (never the bottleneck)
     CN-block1      nnUNetTrainerCateNorm_block1: CateNorm in encoder stage 1 only
 
-All three get the same E x I training iterations (same budget); the CateNorm trainers spend the first
+stock and CateNorm get the same E x I training iterations (same budget); the CateNorm trainers spend the first
 ``--warmup`` epochs on the ordinary branch, then do two updates per iteration (plain, then CateNorm).
 Every run trains in-process with the trainer classes found by nnU-Net's own lookup (only ``num_epochs``,
 ``num_iterations_per_epoch`` and ``warmup_epochs`` are overridden), seeds python/numpy/torch, predicts the
@@ -52,10 +53,11 @@ DATASET_ID = 993
 class Config:
     name: str
     trainer: str
+    equal_updates: bool = False  # stock with as many parameter updates as a CateNorm run (2E - W epochs)
 
 
-CONFIGS = (Config("stock", "nnUNetTrainer"), Config("CN-block1-4", "nnUNetTrainerCateNorm"),
-           Config("CN-block1", "nnUNetTrainerCateNorm_block1"))
+CONFIGS = (Config("stock", "nnUNetTrainer"), Config("stock-equal-updates", "nnUNetTrainer", equal_updates=True),
+           Config("CN-block1-4", "nnUNetTrainerCateNorm"), Config("CN-block1", "nnUNetTrainerCateNorm_block1"))
 
 
 def _forward_seconds(network, shape, repeats: int = 5) -> float:
@@ -105,6 +107,8 @@ def run_one(cfg: Config, seed: int, work: Path, dataset_dir: Path, epochs: int, 
     from nnunet_ext.evaluation.per_domain import evaluate_folder
 
     run_dir = work / "runs" / cfg.name / f"seed{seed}"
+    if cfg.equal_updates:  # CateNorm makes W x I + 2 (E - W) x I parameter updates
+        epochs = 2 * epochs - warmup
     os.environ["nnUNet_results"] = str(run_dir / "results")
     pre = work / "nnUNet_preprocessed" / dataset_dir.name
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
@@ -134,7 +138,7 @@ def run_one(cfg: Config, seed: int, work: Path, dataset_dir: Path, epochs: int, 
     n_params = sum(p.numel() for p in net.parameters())
     n_cond = sum(p.numel() for p in net.conditioning_parameters()) if is_cn else 0
     cm = trainer.configuration_manager
-    shape = (cm.batch_size, trainer.num_input_channels, *cm.patch_size)
+    shape = (1, trainer.num_input_channels, *cm.patch_size)  # nnU-Net's sliding window runs one patch at a time
     forward_s = _forward_seconds(net, shape)
     two_pass_ratio = _interleaved_two_pass_ratio(net, shape) if is_cn else None
 
@@ -156,6 +160,7 @@ def run_one(cfg: Config, seed: int, work: Path, dataset_dir: Path, epochs: int, 
     stage1 = [s for e, s in step_times if is_cn and e < warmup][1:]
     return {
         "config": cfg.name, "trainer": cfg.trainer, "seed": seed, "epochs": epochs, "iterations": epochs * iterations,
+        "updates": (warmup + 2 * (epochs - warmup)) * iterations if is_cn else epochs * iterations,
         "warmup_epochs": warmup if is_cn else None, "train_s": train_s, "predict_s": predict_s,
         "forward_s": forward_s, "median_iteration_s": statistics.median(s for _, s in step_times[3:]),
         "median_stage2_iteration_s": statistics.median(stage2[1:]), "params": n_params,
@@ -165,20 +170,29 @@ def run_one(cfg: Config, seed: int, work: Path, dataset_dir: Path, epochs: int, 
     }
 
 
-def parameter_ratios(preprocessed_dataset: Path) -> dict[str, float]:
-    """Parameters of every CateNorm configuration's network / the plain plans network (2d)."""
+def parameter_ratios(preprocessed_dataset: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Parameters and inference FLOPs (one patch, two passes once stage two runs) of every configuration's
+    network / the plain plans network (2d), counted with ``torch.utils.flop_counter`` (machine-independent)."""
+    import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from torch.utils.flop_counter import FlopCounterMode
 
     pm = PlansManager(json.loads((preprocessed_dataset / "nnUNetPlans.json").read_text()))
     cm = pm.get_configuration("2d")
     n_out = len(json.loads((preprocessed_dataset / "dataset.json").read_text())["labels"])
-    ratios = {}
+    ratios, flops = {}, {}
+    x = torch.randn(1, 1, *cm.patch_size)
     for cfg in CONFIGS:
-        net = trainer_class(cfg.trainer).build_network_architecture(pm, cm, 1, n_out, True)
+        net = trainer_class(cfg.trainer).build_network_architecture(pm, cm, 1, n_out, False).eval()
         cond = sum(p.numel() for p in net.conditioning_parameters()) if hasattr(net, "conditioning_parameters") else 0
         total = sum(p.numel() for p in net.parameters())
         ratios[cfg.name] = total / (total - cond)
-    return ratios
+        if hasattr(net, "activate_catenorm"):
+            net.activate_catenorm()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x)
+        flops[cfg.name] = counter.get_total_flops()
+    return ratios, {k: v / flops["stock"] for k, v in flops.items()}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -196,7 +210,7 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
         rs = [r for r in runs if r["config"] == cfg.name]
         if not rs:
             continue
-        row = {"n_seeds": len(rs), "iterations": rs[0]["iterations"],
+        row = {"n_seeds": len(rs), "iterations": rs[0]["iterations"], "updates": rs[0]["updates"],
                "dice": {d: _mean_sd([r["dice"][d] for r in rs]) for d in domains},
                "param_ratio": rs[0]["params"] / rs[0]["params_plain"],
                "stage2_iteration_time_ratio": statistics.median(r["median_stage2_iteration_s"] for r in rs) / base_iter,
@@ -209,8 +223,10 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
             row["stage2_over_warmup_iteration"] = statistics.median(r["stage2_over_warmup_iteration"] for r in rs)
         if rs[0]["dice_plain_forward"] is not None:
             row["dice_plain_forward"] = {d: _mean_sd([r["dice_plain_forward"][d] for r in rs]) for d in domains}
-        row["paired_gain_vs_stock"] = {d: _mean_sd([r["dice"][d] - b["dice"][d] for r in rs for b in base
-                                                    if b["seed"] == r["seed"]]) for d in domains}
+        for key, ref in (("stock", base), ("equal", [r for r in runs if r["config"] == "stock-equal-updates"])):
+            if ref:
+                row[f"paired_gain_vs_{key}"] = {d: _mean_sd([r["dice"][d] - b["dice"][d] for r in rs for b in ref
+                                                             if b["seed"] == r["seed"]]) for d in domains}
         table[cfg.name] = row
     names = list(table)
     lines = ["| domain | " + " | ".join(names) + " | " + " | ".join(
@@ -222,21 +238,25 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
                   for n in names if "dice_plain_forward" in table[n]]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += ["", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for d in domains:
-        lines.append(f"| Dice gain vs stock, {d} (paired by seed) | " + " | ".join(
-            f"{table[n]['paired_gain_vs_stock'][d][0]:+.3f} ± {table[n]['paired_gain_vs_stock'][d][1]:.3f}"
-            for n in names) + " |")
+    for key, label in (("stock", "stock"), ("equal", "stock-equal-updates")):
+        if f"paired_gain_vs_{key}" not in table[names[0]]:
+            continue
+        for d in domains:
+            lines.append(f"| Dice gain vs {label}, {d} (paired by seed) | " + " | ".join(
+                f"{table[n][f'paired_gain_vs_{key}'][d][0]:+.3f} ± {table[n][f'paired_gain_vs_{key}'][d][1]:.3f}"
+                for n in names) + " |")
     for key, label in (("param_ratio", "parameters / plain network"),
                        ("stage2_iteration_time_ratio", "time per training iteration in stage two / stock (median)"),
                        ("train_time_ratio", "training wall time / stock (median)"),
                        ("predict_time_ratio", "prediction time of the test folder / stock (median)"),
-                       ("forward_time_ratio", "one network forward (batch x patch) / stock (median)")):
+                       ("forward_time_ratio", "one network forward of a patch / stock (median)")):
         lines.append(f"| {label} | " + " | ".join(f"{table[n][key]:.3f}" for n in names) + " |")
     for key, label in (("stage2_over_warmup_iteration", "same run: stage-two / warm-up iteration time (median)"),
                        ("two_pass_over_plain_forward", "same network: two-pass / plain forward, interleaved (median)")):
         lines.append(f"| {label} | " + " | ".join(
             f"{table[n][key]:.3f}" if key in table[n] else "—" for n in names) + " |")
     lines.append("| training iterations | " + " | ".join(str(table[n]["iterations"]) for n in names) + " |")
+    lines.append("| parameter updates | " + " | ".join(str(table[n]["updates"]) for n in names) + " |")
     return table, "\n".join(lines)
 
 
@@ -260,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset_dir = prepare_demo_workspace(work, DATASET_ID)
     pre = work / "nnUNet_preprocessed"
 
-    param_ratios = parameter_ratios(pre / dataset_dir.name)
-    print("parameters / plain network:", param_ratios, flush=True)
+    param_ratios, flop_ratios = parameter_ratios(pre / dataset_dir.name)
+    print("parameters / plain network:", param_ratios, "; inference FLOPs / plain network:", flop_ratios, flush=True)
     jobs = [(c, s) for s in args.seeds for c in CONFIGS if c.name in args.configs]
     runs = []
     t_start = time.perf_counter()
@@ -279,14 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     total_min = (time.perf_counter() - t_start) / 60
     (work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                    "machine": machine, "runs": runs, "table": table,
-                                                   "param_ratios": param_ratios,
+                                                   "param_ratios": param_ratios, "flop_ratios": flop_ratios,
                                                    "total_minutes": total_min}, indent=2))
     header = (f"Command: python benchmarks/catenorm.py {' '.join(argv or sys.argv[1:])}\n"
               f"Machine: {machine}\nSeeds: {args.seeds}; {args.epochs} epochs x {args.iterations} iterations for "
               f"every configuration, CateNorm warm-up {args.warmup} epochs; mean ± sd over seeds of the mean "
               f"foreground Dice per domain; {total_min:.1f} min of training + evaluation.\n\n")
     md += "\n\nParameters / plain network (built from the plans, untrained): " + ", ".join(
-        f"{k} {v:.4f}x" for k, v in param_ratios.items())
+        f"{k} {v:.4f}x" for k, v in param_ratios.items()) + "\n\nInference FLOPs of one patch / plain network " \
+        "(two passes once stage two runs; torch.utils.flop_counter): " + ", ".join(
+        f"{k} {v:.3f}x" for k, v in flop_ratios.items())
     (work / "results.md").write_text(header + md + "\n")
     print(header + md)
     return 0

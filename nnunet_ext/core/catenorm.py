@@ -72,6 +72,7 @@ Statistics = Literal["instance", "batch"]
 MaskMode = Literal["area", "nearest"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_FCONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def resize_mask(mask: torch.Tensor, size: Sequence[int], mode: MaskMode = "area") -> torch.Tensor:
@@ -186,7 +187,11 @@ class CateNorm(nn.Module):
         x_hat = self._normalize(x, None, None)
         m = resize_mask(mask.to(x.dtype), x.shape[2:], self.mask_mode)
         hidden = F.relu(self.cond_shared(m))
-        return x_hat * self.cond_gamma(hidden) + self.cond_beta(hidden)
+        # gamma and beta in one convolution (the same maths as two; one kernel call less per layer and pass)
+        weight = torch.cat([self.cond_gamma.weight, self.cond_beta.weight])
+        bias = torch.cat([self.cond_gamma.bias, self.cond_beta.bias])
+        gamma, beta = _FCONV[self.spatial_dims](hidden, weight, bias, padding=self.cond_gamma.padding).chunk(2, dim=1)
+        return torch.addcmul(beta, x_hat, gamma)
 
     @contextmanager
     def conditioned_on(self, mask: torch.Tensor) -> Iterator[CateNorm]:
