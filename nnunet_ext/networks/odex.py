@@ -119,9 +119,10 @@ class ExpertHistory(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        for name in ("means", "chols", "calibrations"):
-            if prefix + name in state_dict:  # the history length comes from the checkpoint
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        with torch.inference_mode(False):  # nnU-Net's predictor loads inside inference mode: keep normal tensors
+            for name in ("means", "chols", "calibrations"):
+                if prefix + name in state_dict:  # the history length comes from the checkpoint
+                    setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -297,25 +298,28 @@ class ODExPool(nn.Module):
         if self.training or assign:
             self._last_load = None
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if self._last_load is not None and self._last_load[0] is state_dict \
+        if self._last_load is not None and self._last_load[0] is state_dict and self._last_load[1] is not None \
                 and self._last_load[1:] == self._load_versions(state_dict):
             return nn.modules.module._IncompatibleKeys([], [])
         result = super().load_state_dict(state_dict, strict=strict)
         self._last_load = (state_dict, *self._load_versions(state_dict))
         return result
 
-    def _load_versions(self, state_dict) -> tuple[tuple, tuple]:
-        incoming = tuple((k, id(v), v._version) for k, v in state_dict.items() if isinstance(v, torch.Tensor))
-        own = tuple(t._version for t in (*self.parameters(), *self.buffers()))
-        return incoming, own
+    def _load_versions(self, state_dict) -> tuple[tuple, tuple] | tuple[None, None]:
+        incoming = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor)]
+        own = [*self.parameters(), *self.buffers()]
+        if any(t.is_inference() for _, t in incoming) or any(t.is_inference() for t in own):
+            return None, None  # inference tensors have no version counter: never skip
+        return tuple((k, id(v), v._version) for k, v in incoming), tuple(t._version for t in own)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         pattern = re.compile(re.escape(prefix) + r"experts\.(\d+)\.")
         indices = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
-        while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
-            self.add_expert(0)
-        if not len(self.reference) and any(k.startswith(prefix + "reference.0.") for k in state_dict):
-            self.set_reference(0)  # placeholder; its weights come from the state dict
+        with torch.inference_mode(False):  # grown modules hold normal tensors even under nnU-Net's inference mode
+            while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
+                self.add_expert(0)
+            if not len(self.reference) and any(k.startswith(prefix + "reference.0.") for k in state_dict):
+                self.set_reference(0)  # placeholder; its weights come from the state dict
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -151,6 +151,12 @@ def test_a_repeated_load_is_skipped_only_while_nothing_changed(monkeypatch):
     fresh.load_state_dict(dict(state))  # another mapping with the same tensors: load again
     fresh.train().load_state_dict(state)  # training mode never skips
     assert len(calls) == 5
+    in_predictor = ODExPool(unet(2, seed=6)).eval()
+    with torch.inference_mode():  # nnU-Net's predictor loads the weights inside inference mode, case after case
+        in_predictor.load_state_dict(state)
+        in_predictor.load_state_dict(state)
+        assert len(in_predictor) == 2 and len(calls) == 6
+        assert in_predictor.select(b)[0] == pool.select(b)[0]
 
 
 def test_with_a_reference_a_trained_child_wins_on_its_own_data():
