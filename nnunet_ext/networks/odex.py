@@ -24,7 +24,8 @@ the batch). ``ODExPool.selection_counts`` counts choices in memory.
 
 **Far out-of-distribution input** (score of the chosen expert above ``far_ood_level``; 1.0 = on average
 twice the largest in-distribution distance of its Gaussians) is still predicted by the closest expert, and a
-warning is logged.
+warning is logged: once per input (nnU-Net's predictor loads the weights before each case, which re-arms it),
+not once per sliding-window patch. ``ODExPool.far_ood_count`` counts every far-OOD patch.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class ODExPool(nn.Module):
         active: index of the expert being trained (persistent buffer ``active_expert``).
         route: route patches in eval mode (the trainer switches it off for nnU-Net's per-epoch validation).
         selection_counts: how often each expert was chosen since construction.
+        far_ood_count: how many routed patches were far out-of-distribution since construction.
     """
 
     def __init__(self, expert: nn.Module, far_ood_level: float = 1.0):
@@ -170,6 +172,8 @@ class ODExPool(nn.Module):
         self.register_buffer("active_expert", torch.zeros((), dtype=torch.long))
         self.route = True
         self.selection_counts: Counter = Counter()
+        self.far_ood_count = 0
+        self._far_ood_warned = False  # re-armed by load_state_dict, i.e. per case in nnU-Net's predictor
         self._last_load: tuple | None = None  # see load_state_dict
 
     def __len__(self) -> int:
@@ -276,10 +280,13 @@ class ODExPool(nn.Module):
         self.selection_counts.update(choices)
         best = [float(scores[i, c]) for i, c in enumerate(choices)]
         far = [b > self.far_ood_level for b in best]
-        if any(far):
+        self.far_ood_count += sum(far)
+        if any(far) and not self._far_ood_warned:
+            self._far_ood_warned = True
             logger.warning("ODEx: %d of %d patches are far out-of-distribution (score %s > %.2f for the closest "
-                           "expert); predicting with the closest expert anyway", sum(far), len(far),
-                           [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level)
+                           "expert); predicting with the closest expert anyway. Further far-OOD patches of this "
+                           "input are not reported one by one (set %s to log every patch)", sum(far), len(far),
+                           [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level, SELECTION_LOG_ENV)
         path = os.environ.get(SELECTION_LOG_ENV)
         if path:
             record = {"expert": choices, "score": scores.tolist(), "far_ood": far}
@@ -295,6 +302,7 @@ class ODExPool(nn.Module):
         forward passes of a small case). "Unmodified" is checked with the tensors' version counters, which every
         in-place change increments, so a different or edited state dict, or edited pool weights, load normally.
         """
+        self._far_ood_warned = False  # a new input follows
         if self.training or assign:
             self._last_load = None
             return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -123,6 +123,19 @@ def test_selection_log_and_far_ood_warning(monkeypatch, tmp_path, caplog):
     assert records[1]["far_ood"] == [True] and "far out-of-distribution" in caplog.text
 
 
+def test_far_ood_warning_once_per_input_not_per_patch(caplog):
+    pool, _, _ = two_domain_pool(2)
+    far = torch.randn(1, 1, 8, 8) * 50 - 200
+    state = pool.state_dict()
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        for _ in range(3):  # three sliding-window patches of one case
+            pool(far)
+        assert caplog.text.count("far out-of-distribution") == 1 and pool.far_ood_count == 3
+        pool.load_state_dict(state)  # what nnU-Net's predictor does before the next case
+        pool(far)
+    assert caplog.text.count("far out-of-distribution") == 2 and pool.far_ood_count == 4
+
+
 def test_a_network_without_norm_is_refused():
     with pytest.raises(ValueError, match="no normalisation layer"):
         ODExPool(nn.Conv2d(1, 2, 3))
