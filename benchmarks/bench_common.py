@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.plotting import default_style
 
 
 def seed_everything(seed: int) -> None:
@@ -69,17 +70,20 @@ def plot_dice_per_domain(table: dict, out: Path, title: str) -> None:
 
     names = list(table)
     domains = list(next(iter(table.values()))["dice"])
-    fig = Figure(figsize=(8, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    width = 0.8 / len(names)
-    for i, n in enumerate(names):
-        means = [table[n]["dice"][d][0] for d in domains]
-        stds = [table[n]["dice"][d][1] for d in domains]
-        ax.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), means, width * 0.9, yerr=stds, label=n, capsize=2)
-    ax.set_xticks(np.arange(len(domains)), domains, rotation=20, ha="right")
-    ax.set_ylabel("mean foreground Dice (mean ± sd over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small", ncols=len(names), loc="lower center")
-    ax.set_title(title)
-    fig.savefig(out, dpi=110)
+    with default_style():  # in-process nnU-Net training has set seaborn's font_scale=2.5 globally
+        fig = Figure(figsize=(8, 4.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            means = [table[n]["dice"][d][0] for d in domains]
+            stds = [table[n]["dice"][d][1] for d in domains]
+            ax.bar(np.arange(len(domains)) - 0.4 + width * (i + 0.5), means, width * 0.9, yerr=stds, label=n,
+                   capsize=2)
+        ax.set_xticks(np.arange(len(domains)), domains, rotation=20, ha="right")
+        ax.set_ylabel("mean foreground Dice (mean ± sd over seeds)")
+        low = min(table[n]["dice"][d][0] - table[n]["dice"][d][1] for n in names for d in domains)
+        ax.set_ylim(max(0.0, np.floor(low * 10) / 10 - 0.1), 1)  # differences of a few points stay visible
+        ax.legend(fontsize="small", ncols=min(len(names), 4), loc="upper right")
+        ax.set_title(title)
+        fig.savefig(out, dpi=110)

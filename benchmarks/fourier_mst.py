@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.plotting import default_style
 from bench_common import machine_facts, prepare_demo_workspace, seed_everything, trainer_class
 
 DATASET_ID = 989
@@ -285,6 +286,7 @@ def timing_only(work: Path, dataset_dir: Path, jobs: list[tuple[str, int]], repe
     print(text)
 
 
+@default_style()
 def plot(runs: list[dict], table: dict, out: Path, trainer: str) -> None:
     import matplotlib
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.plotting import default_style
 from bench_common import machine_facts, seed_everything, trainer_class
 
 SCENARIOS = {"transformed": 950, "shifting-source": 951}
@@ -348,6 +349,7 @@ def markdown(table: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+@default_style()
 def plot(table: dict, methods: list[str], out: Path) -> None:
     """Per scenario: the mean over seeds of the Dice on each test stage after the last stage, per method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.plotting import default_style
 from bench_common import (
     machine_facts,
     prepare_demo_workspace,
@@ -233,6 +234,7 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
     return table, "\n".join(lines)
 
 
+@default_style()
 def plot(runs: list[dict], table: dict, out: Path) -> None:
     import matplotlib
 

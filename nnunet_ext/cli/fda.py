@@ -30,6 +30,7 @@ import torch
 
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.plotting import default_style
 
 BANK_REPORT = "fda_bank.json"
 DEFAULT_BETAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12)
@@ -322,6 +323,7 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
             "averaged_optimal": betas[int(np.argmax(mean))]}
 
 
+@default_style()
 def plot_beta_grid(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 

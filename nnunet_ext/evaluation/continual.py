@@ -48,6 +48,7 @@ from nnunet_ext import __version__
 from nnunet_ext.domains import DomainMetadata
 from nnunet_ext.streams import Stream
 from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_ext.utils.plotting import default_style
 
 RESULT_FORMAT_VERSION = 1
 #: placeholder of the after-stage index in prediction folder patterns
@@ -361,6 +362,7 @@ def markdown_report(result: dict[str, Any], title: str = "Continual evaluation")
     return "\n".join(lines) + "\n"
 
 
+@default_style()
 def curves_png(methods: dict[str, Any], title: str = "Per-stage Dice") -> bytes:
     """One panel per test stage ``j``: Dice on stage ``j``'s test data after each training stage, one line per method.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_ext.utils.atomic import atomic_path
+from nnunet_ext.utils.plotting import default_style
 
 FILENAME = "layer_speed.json"
 GROUP_COLOURS = {"context": "C0", "transpose": "C1", "localization": "C2", "segmentation": "C3"}
@@ -43,6 +44,7 @@ def spread(record: dict[str, Any]) -> float:
     return max(positive) / min(positive) if positive else math.nan
 
 
+@default_style()
 def plot_layer_speed(folders: list[str | os.PathLike], output: str | os.PathLike,
                      labels: list[str] | None = None) -> dict[str, float]:
     """Draw one panel per run (log scale, a line per layer coloured by group); return the spread per run."""

@@ -59,6 +59,7 @@ from nnunet_ext import __version__
 from nnunet_ext.domains import DomainMetadata, load_domains
 from nnunet_ext.evaluation.metrics import METRIC_NAMES, LabelMetrics, case_metrics
 from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_ext.utils.plotting import default_style
 
 RESULT_FORMAT_VERSION = 1
 #: relative tolerance when comparing the spacing of a prediction with its reference
@@ -764,6 +765,7 @@ def _check_result(result: Any, name: str) -> None:
         )
 
 
+@default_style()
 def _grouped_bar_png(
     title: str,
     groups: list[str],
