@@ -39,6 +39,7 @@ from bench_common import (
     plot_dice_per_domain,
     prepare_demo_workspace,
     seed_everything,
+    time_calls,
     trainer_class,
 )
 
@@ -81,19 +82,11 @@ def train_predict_evaluate(cfg: Config, seed: int, work: Path, dataset_dir: Path
     seed_everything(seed)
     trainer = trainer_class(cfg.trainer)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = cfg.epochs, iterations, 2
-    step_times: list[float] = []
-    original_step = trainer.train_step
-
-    def timed_step(batch):
-        t0 = time.perf_counter()
-        out = original_step(batch)
-        step_times.append(time.perf_counter() - t0)
-        return out
-
-    trainer.train_step = timed_step
+    steps = time_calls(trainer, "train_step")
     t0 = time.perf_counter()
     trainer.run_training()
     train_s = time.perf_counter() - t0
+    step_times = [s for _, s in steps]
     fold_dir = Path(trainer.output_folder)
 
     # no mirroring TTA: 4x cheaper on CPU, the same for every configuration

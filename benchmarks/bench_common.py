@@ -63,6 +63,23 @@ def machine_facts() -> dict[str, object]:
             "platform": platform.platform()}
 
 
+def time_calls(trainer, method: str) -> list[tuple[int, float]]:
+    """Wrap ``trainer.<method>`` so each call appends ``(current_epoch, seconds)`` to the returned list."""
+    import time
+
+    calls: list[tuple[int, float]] = []
+    original = getattr(trainer, method)
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        calls.append((trainer.current_epoch, time.perf_counter() - t0))
+        return out
+
+    setattr(trainer, method, timed)
+    return calls
+
+
 def plot_dice_per_domain(table: dict, out: Path, title: str) -> None:
     """Grouped bars: ``table[config]["dice"][domain] = (mean, sd)`` over seeds, one group per domain."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

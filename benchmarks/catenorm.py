@@ -43,6 +43,7 @@ from bench_common import (
     plot_dice_per_domain,
     prepare_demo_workspace,
     seed_everything,
+    time_calls,
     trainer_class,
 )
 
@@ -120,16 +121,7 @@ def run_one(cfg: Config, seed: int, work: Path, dataset_dir: Path, epochs: int, 
     is_cn = hasattr(trainer, "warmup_epochs")
     if is_cn:
         trainer.warmup_epochs = warmup
-    step_times: list[tuple[int, float]] = []
-    original_step = trainer.train_step
-
-    def timed_step(batch):
-        t0 = time.perf_counter()
-        out = original_step(batch)
-        step_times.append((trainer.current_epoch, time.perf_counter() - t0))
-        return out
-
-    trainer.train_step = timed_step
+    step_times = time_calls(trainer, "train_step")
     t0 = time.perf_counter()
     trainer.run_training()
     train_s = time.perf_counter() - t0

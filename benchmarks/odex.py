@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 from nnunet_ext.utils.plotting import default_style
-from bench_common import machine_facts, seed_everything, trainer_class
+from bench_common import machine_facts, seed_everything, time_calls, trainer_class
 
 SCENARIOS = {"transformed": 950, "shifting-source": 951}
 
@@ -129,26 +129,9 @@ def train_child(args: argparse.Namespace) -> int:
     trainer.initialize()
     if method.name == "Seq":  # the FWT baseline: this run's network before any training
         trainer.save_checkpoint(os.path.join(trainer.output_folder, INIT_CHECKPOINT))
-    step_times: list[float] = []
-    original_step = trainer.train_step
-
-    def timed_step(batch):
-        t0 = time.perf_counter()
-        out = original_step(batch)
-        step_times.append(time.perf_counter() - t0)
-        return out
-
-    trainer.train_step = timed_step
-    hook_s: list[float] = []  # the method's own work at stage boundaries (ODEx: feature passes, decisions)
-    for hook in ("on_stage_start", "on_stage_end"):
-        original_hook = getattr(trainer, hook)
-
-        def timed_hook(stage_index, _original=original_hook):
-            t0 = time.perf_counter()
-            _original(stage_index)
-            hook_s.append(time.perf_counter() - t0)
-
-        setattr(trainer, hook, timed_hook)
+    steps = time_calls(trainer, "train_step")
+    # the method's own work at stage boundaries (ODEx: feature passes, decisions)
+    hooks = [time_calls(trainer, hook) for hook in ("on_stage_start", "on_stage_end")]
     t0 = time.perf_counter()
     trainer.run_training()
     train_s = time.perf_counter() - t0
@@ -158,8 +141,9 @@ def train_child(args: argparse.Namespace) -> int:
     pool_size = len(trainer.network.experts) if hasattr(trainer.network, "experts") else 1
     out = {"method": method.name, "trainer": method.trainer, "scenario": args.scenario, "seed": args.seed,
            "epochs_per_stage": args.epochs_per_stage, "iterations_per_epoch": args.iterations,
-           "train_s": train_s, "iterations": len(step_times), "median_iteration_s": statistics.median(step_times[3:]),
-           "stage_hooks_s": sum(hook_s),
+           "train_s": train_s, "iterations": len(steps),
+           "median_iteration_s": statistics.median(t for _, t in steps[3:]),
+           "stage_hooks_s": sum(t for calls in hooks for _, t in calls),
            "pool_size": pool_size, "decisions": decisions}
     (args.run_dir / "train.json").write_text(json.dumps(out, indent=2))
     return 0
