@@ -326,12 +326,14 @@ class nnUNetTrainerStyleCurriculum_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurri
 
 
 class nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurriculum_finetune_rotTTA):
-    """Fine-tuning with rotation TTA, 3 epochs x 10 iterations (end-to-end tests).
+    """Fine-tuning with rotation TTA, 3 epochs x 10 iterations at nnU-Net's lr 1e-2 (end-to-end tests).
 
-    Started with the stock ``-pretrained_weights``, the segmentation heads start anew (nnU-Net skips them);
-    12 batches were too few to relearn them (test Dice 0.38 in one run), 30 batches gave 0.72.
+    Started with the stock ``-pretrained_weights``, the segmentation heads start anew (nnU-Net skips them).
+    At the paper's lr 1e-3, 30 batches relearnt them in 3 of 4 runs (test Dice 0.69-0.71, once 0.38); at
+    1e-2 they did in 9 of 9 (0.66-0.79), so the tests use 1e-2.
     """
 
     epochs = 3
     budget_iterations = 10
     budget_val_iterations = 1
+    finetune_lr = 1e-2

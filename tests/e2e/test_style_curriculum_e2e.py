@@ -46,4 +46,4 @@ def test_finetune_from_stock_checkpoint_and_predict_with_rotation_tta(smoke_mode
     pred = tmp_path / "pred"
     cmd.run_command(cmd.predict_argv(ws.dataset_dir / "imagesTs", pred, ws.dataset_id, "2d", 0, TRAINER),
                     ws.env, tmp_path / "predict.log")
-    assert _dice(pred, ws, tmp_path / "eval") > 0.5  # heads relearnt: 0.72 in a run with these settings
+    assert _dice(pred, ws, tmp_path / "eval") > 0.5  # heads relearnt: 0.66-0.79 in 9 runs (lr 1e-2, see the trainer)
