@@ -259,6 +259,7 @@ def plot(runs: list[dict], table: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for c, v in table["curriculum"].items():
         ax.plot(range(len(v["loss_per_step"])), v["loss_per_step"], marker="o", label=c)
+        ax.set_xticks(range(len(v["loss_per_step"])))
     ax.set_xlabel("curriculum step i (z_i)")
     ax.set_ylabel("training loss (mean over batches)")
     ax.set_title("Loss across curriculum steps (paper Fig. 3a)")
