@@ -128,6 +128,13 @@ class ExpertHistory(nn.Module):
                                       error_msgs)
 
 
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    """``have`` is ``want``; ``cuda`` without an index means the current CUDA device."""
+    if want.type == "cuda" and want.index is None:
+        return have.type == "cuda" and have.index == torch.cuda.current_device()
+    return have == want
+
+
 class _DecoderProxy:
     """``pool.decoder``: reads come from the active expert's decoder; ``deep_supervision`` writes reach all."""
 
@@ -312,6 +319,22 @@ class ODExPool(nn.Module):
         result = super().load_state_dict(state_dict, strict=strict)
         self._last_load = (state_dict, *self._load_versions(state_dict))
         return result
+
+    def to(self, *args, **kwargs):
+        """As :meth:`torch.nn.Module.to`, but a call that would change nothing returns at once.
+
+        nnU-Net's predictor calls ``network.to(device)`` before every case; ``Module.to`` then visits every
+        module of every expert even when all tensors are already there (on the 4-expert demo pool this walk
+        cost more per case than the routed forward of a small slab). A device or dtype change, or any
+        ``memory_format``, goes through ``Module.to`` as usual.
+        """
+        device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        if memory_format is None and all(
+                (device is None or _same_device(t.device, device))
+                and (dtype is None or not (t.is_floating_point() or t.is_complex()) or t.dtype == dtype)
+                for t in (*self.parameters(), *self.buffers())):
+            return self
+        return super().to(*args, **kwargs)
 
     def _load_versions(self, state_dict) -> tuple[tuple, tuple] | tuple[None, None]:
         incoming = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor)]

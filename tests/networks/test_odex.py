@@ -188,3 +188,17 @@ def test_with_a_reference_a_trained_child_wins_on_its_own_data():
     restored = ODExPool(unet(2, seed=3))
     restored.load_state_dict(fresh.state_dict())  # the reference travels in the state dict
     assert len(restored.reference) == 1 and torch.equal(restored.features(b, 1), fresh.features(b, 1))
+
+
+def test_to_the_device_it_is_on_skips_the_module_walk(monkeypatch):
+    pool, _, b = two_domain_pool(2)
+    walks = []
+    original = nn.Module._apply
+    monkeypatch.setattr(nn.Module, "_apply", lambda self, *a, **kw: (walks.append(1), original(self, *a, **kw))[1])
+    before = pool.select(b)
+    # what nnU-Net's predictor does before every case
+    assert pool.to(torch.device("cpu")) is pool and pool.to("cpu", non_blocking=True) is pool and not walks
+    assert pool.select(b)[0] == before[0]
+    pool.to(torch.float64)  # a real change still goes through Module.to
+    assert walks and all(t.dtype == torch.float64 for t in pool.parameters())
+    assert pool.active_expert.dtype == torch.long
