@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,6 @@ def machine_facts() -> dict[str, object]:
 
 def time_calls(trainer, method: str) -> list[tuple[int, float]]:
     """Wrap ``trainer.<method>`` so each call appends ``(current_epoch, seconds)`` to the returned list."""
-    import time
-
     calls: list[tuple[int, float]] = []
     original = getattr(trainer, method)
 
