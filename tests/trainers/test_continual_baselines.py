@@ -132,13 +132,16 @@ def _distance_from_anchor(trainer) -> float:
 def test_ewc_penalty_pulls_weights_towards_the_anchor(tiny_workspace, monkeypatch, tmp_path):
     ws = stream_workspace(tiny_workspace, tmp_path)
     distances = {}
-    for lam in (0.0, 1e4):
+    # lambda 1e3: lr 0.01 * lambda * max Fisher (0.05-0.14 here) stays about 1, a stable pull; at 1e4 the
+    # penalty's step overshoots and the weights can end farther from the anchor than without it (seen in CI).
+    # Measured ratio at 1e3 over 9 unseeded-loader runs: 0.10-0.20 (bound 0.5).
+    for lam in (0.0, 1e3):
         cls = type("nnUNetTrainerEWCLambda", (nnUNetTrainerEWC_smoke,), {"ewc_lambda": lam})
         torch.manual_seed(0)
         trainer = make_trainer(cls, ws, monkeypatch, tmp_path / f"lam{lam}", epochs=4, iterations=3)
         trainer.run_training()
         distances[lam] = _distance_from_anchor(trainer)
-    assert distances[1e4] < 0.5 * distances[0.0], distances
+    assert distances[1e3] < 0.5 * distances[0.0], distances
 
 
 def test_fisher_is_unscaled_under_amp(tiny_workspace, monkeypatch, tmp_path):
