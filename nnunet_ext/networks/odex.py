@@ -60,6 +60,23 @@ class _StopAtNorm(Exception):
         self.value = value
 
 
+def _stop_at_norm(_module: nn.Module, inputs: tuple) -> None:
+    raise _StopAtNorm(inputs[0])
+
+
+def _first_norm_input(network: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """What ``network``'s first norm layer receives for input ``x`` (no grad; the rest of the net never runs)."""
+    handle = first_norm_layer(network).register_forward_pre_hook(_stop_at_norm)
+    try:
+        with torch.no_grad():
+            network(x)
+    except _StopAtNorm as e:
+        return e.value
+    finally:
+        handle.remove()
+    return None
+
+
 def first_norm_layer(module: nn.Module) -> nn.Module:
     """The first normalisation layer of ``module`` in registration order (nnU-Net's encoder stem norm).
 
@@ -79,6 +96,44 @@ def norm_channels(norm: nn.Module) -> int:
         if hasattr(norm, attr):
             return int(getattr(norm, attr))
     return int(norm.normalized_shape[0])
+
+
+class FeatureStem(nn.Sequential):
+    """The modules an expert runs before its first normalisation layer, as a chain (see :func:`feature_stem`)."""
+
+
+def feature_stem(network: nn.Module) -> FeatureStem | None:
+    """A frozen copy of what ``network`` runs before its first norm layer, or ``None`` if that is not a chain.
+
+    In nnU-Net's U-Nets (plain and residual encoders) the first norm layer sits in an ``nn.Sequential``
+    ``(conv, [dropout], norm, nonlin)`` that receives the network input, so the stem is one convolution: a
+    few kB instead of a whole U-Net. The stem is accepted only if it reproduces the network's first-norm
+    input on a probe tensor; any other architecture gets ``None`` (the caller keeps a whole copy).
+    """
+    norm = first_norm_layer(network)
+    parent = next((m for m in network.modules() if isinstance(m, nn.Sequential)
+                   and any(child is norm for child in m.children())), None)
+    if parent is None:
+        return None
+    chain = list(parent.children())
+    chain = chain[:next(i for i, child in enumerate(chain) if child is norm)]
+    conv = next((m for m in chain if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if conv is None:
+        return None
+    stem = FeatureStem(*copy.deepcopy(chain)).requires_grad_(False)
+    probe = torch.randn((2, conv.in_channels) + (16,) * (conv.weight.dim() - 2),
+                        generator=torch.Generator().manual_seed(0)).to(conv.weight)
+    modes = {m: m.training for m in network.modules()}
+    try:  # eval mode: a dropout before the norm must not make the comparison random
+        expected = _first_norm_input(network.eval(), probe)
+        with torch.no_grad():
+            got = stem.eval()(probe)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    stem.train(network.training)
+    ok = expected is not None and got.shape == expected.shape and torch.allclose(got, expected)
+    return stem if ok else None
 
 
 class ExpertHistory(nn.Module):
@@ -215,8 +270,11 @@ class ODExPool(nn.Module):
         feature network (the trainer freezes the first expert when the first Gaussian is fitted) every
         Gaussian and every test patch live in one space, and a patch's features are computed once for all
         experts.
+
+        The copy holds only what runs before the first norm layer (:class:`FeatureStem`, e.g. nnU-Net's first
+        convolution) when that part of the expert is a plain chain of modules; otherwise the whole expert.
         """
-        reference = copy.deepcopy(self.experts[index]).requires_grad_(False)
+        reference = (feature_stem(self.experts[index]) or copy.deepcopy(self.experts[index])).requires_grad_(False)
         if len(self.reference):
             self.reference[0] = reference
         else:
@@ -231,20 +289,13 @@ class ODExPool(nn.Module):
             x: ``(B, C_in, *spatial)``. Returns ``(B, feature_dim)`` float64.
         """
         network = self.reference[0] if len(self.reference) else self.experts[index]
-        norm = first_norm_layer(network)
-
-        def stop(_module, inputs):
-            raise _StopAtNorm(inputs[0])
-
-        handle = norm.register_forward_pre_hook(stop)
-        try:
+        if isinstance(network, FeatureStem):
             with torch.no_grad():
-                network(x)
-        except _StopAtNorm as e:
-            return norm_input_features(e.value)
-        finally:
-            handle.remove()
-        raise RuntimeError(f"expert {index} never reached its first normalisation layer")
+                return norm_input_features(network(x))
+        z = _first_norm_input(network, x)
+        if z is None:
+            raise RuntimeError(f"expert {index} never reached its first normalisation layer")
+        return norm_input_features(z)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
@@ -350,7 +401,10 @@ class ODExPool(nn.Module):
         with torch.inference_mode(False):  # grown modules hold normal tensors even under nnU-Net's inference mode
             while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
                 self.add_expert(0)
-            if not len(self.reference) and any(k.startswith(prefix + "reference.0.") for k in state_dict):
-                self.set_reference(0)  # placeholder; its weights come from the state dict
+            keys = [k[len(prefix) + len("reference.0."):] for k in state_dict if k.startswith(prefix + "reference.0.")]
+            if not len(self.reference) and keys:  # a placeholder of the saved kind; its weights come from the state dict
+                stem = all(k.split(".", 1)[0].isdigit() for k in keys)  # FeatureStem keys are "<position>.<name>"
+                self.reference.append((feature_stem(self.experts[0]) if stem else None)
+                                      or copy.deepcopy(self.experts[0]).requires_grad_(False))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -7,7 +7,9 @@ import logging
 
 import pytest
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
+import copy
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
 from nnunet_ext.core.odex import (
@@ -16,7 +18,7 @@ from nnunet_ext.core.odex import (
     mahalanobis,
     norm_input_features,
 )
-from nnunet_ext.networks.odex import SELECTION_LOG_ENV, ODExPool, first_norm_layer
+from nnunet_ext.networks.odex import SELECTION_LOG_ENV, FeatureStem, ODExPool, feature_stem, first_norm_layer
 
 
 def unet(dims: int, seed: int = 0) -> PlainConvUNet:
@@ -26,6 +28,25 @@ def unet(dims: int, seed: int = 0) -> PlainConvUNet:
     return PlainConvUNet(1, 2, (4, 8), conv, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True, norm_op=norm,
                          norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
                          nonlin_kwargs={"inplace": True}, deep_supervision=False)
+
+
+def resenc_unet(dims: int, seed: int = 0) -> ResidualEncoderUNet:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    norm = nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d
+    return ResidualEncoderUNet(1, 2, (4, 8), conv, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True, norm_op=norm,
+                               norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                               nonlin_kwargs={"inplace": True}, deep_supervision=False)
+
+
+def first_norm_input(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Independent of the pool: capture the first norm layer's input with a forward hook on the whole net."""
+    seen = []
+    handle = first_norm_layer(network).register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.no_grad():
+        network(x)
+    handle.remove()
+    return seen[0]
 
 
 def calibrate(pool: ODExPool, index: int, x: torch.Tensor) -> None:
@@ -202,3 +223,61 @@ def test_to_the_device_it_is_on_skips_the_module_walk(monkeypatch):
     pool.to(torch.float64)  # a real change still goes through Module.to
     assert walks and all(t.dtype == torch.float64 for t in pool.parameters())
     assert pool.active_expert.dtype == torch.long
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("build", [unet, resenc_unet], ids=["plain", "resenc"])
+def test_the_reference_keeps_only_the_stem_before_the_first_norm(dims, build):
+    expert = build(dims)
+    pool = ODExPool(expert)
+    pool.set_reference(0)
+    stem = pool.reference[0]
+    assert isinstance(stem, FeatureStem) and [type(m) for m in stem] == [nn.Conv2d if dims == 2 else nn.Conv3d]
+    assert all(not p.requires_grad for p in stem.parameters())
+    x = torch.randn((3, 1) + (8,) * dims)
+    torch.testing.assert_close(pool.features(x, 0), norm_input_features(first_norm_input(expert, x)))
+    assert {k for k in pool.state_dict() if k.startswith("reference.")} == {"reference.0.0.weight",
+                                                                            "reference.0.0.bias"}
+    with torch.no_grad():  # the expert trains on; the reference stays what it was
+        next(expert.parameters()).mul_(-2.0)
+    torch.testing.assert_close(pool.features(x, 0), norm_input_features(first_norm_input(build(dims), x)))
+    restored = ODExPool(build(dims, seed=4))
+    restored.load_state_dict(pool.state_dict())
+    assert isinstance(restored.reference[0], FeatureStem)
+    torch.testing.assert_close(restored.features(x, 0), pool.features(x, 0))
+
+
+def test_a_pool_saved_with_a_whole_reference_still_loads():
+    """Pools written before the stem existed hold a whole U-Net as reference: load it as such."""
+    expert = unet(2)
+    old = ODExPool(copy.deepcopy(expert))
+    old.reference.append(copy.deepcopy(expert).requires_grad_(False))
+    x = torch.randn(3, 1, 8, 8)
+    state = old.state_dict()
+    assert "reference.0.decoder.seg_layers.0.weight" in state
+    restored = ODExPool(unet(2, seed=5))
+    restored.load_state_dict(state)  # strict
+    assert not isinstance(restored.reference[0], FeatureStem)
+    torch.testing.assert_close(restored.features(x, 0), norm_input_features(first_norm_input(expert, x)))
+
+
+class _SkipBeforeNorm(nn.Module):
+    """The first norm's input is not a plain chain: conv(x) + lift(x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True))
+        self.lift = nn.Conv2d(1, 4, 1)
+
+    def forward(self, x):
+        return self.body[1](self.body[0](x) + self.lift(x))
+
+
+def test_an_architecture_without_a_plain_stem_keeps_a_whole_reference():
+    net = _SkipBeforeNorm()
+    assert feature_stem(net) is None
+    pool = ODExPool(net)
+    pool.set_reference(0)
+    assert not isinstance(pool.reference[0], FeatureStem)
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(pool.features(x, 0), norm_input_features(first_norm_input(net, x)))
