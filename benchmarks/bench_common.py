@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 from nnunet_ext.utils.plotting import default_style
+from nnunet_ext.utils.seeding import seed_everything
 
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+__all__ = ["machine_facts", "plot_dice_per_domain", "prepare_demo_workspace", "seed_everything", "time_calls",
+           "trainer_class"]
 
 
 def trainer_class(name: str):

@@ -290,6 +290,7 @@ class nnUNetTrainerEWC_smoke(EWCMixin, CPUBudgetMixin, nnUNetTrainer):
     epochs_per_stage = 2
     budget_iterations = 15
     budget_val_iterations = 2
+    seed = 0  # tests: one known run (CPUBudgetMixin)
     ewc_fisher_batches = 4
 
 
@@ -299,3 +300,4 @@ class nnUNetTrainerLwF_smoke(LwFMixin, CPUBudgetMixin, nnUNetTrainer):
     epochs_per_stage = 2
     budget_iterations = 15
     budget_val_iterations = 2
+    seed = 0  # tests: one known run (CPUBudgetMixin)

@@ -322,6 +322,7 @@ class nnUNetTrainerStyleCurriculum_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurri
     epochs = 2
     budget_iterations = 4
     budget_val_iterations = 1
+    seed = 0  # tests: one known run (CPUBudgetMixin)
     curriculum_warmup_fraction = 0.5
 
 
@@ -336,4 +337,5 @@ class nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke(CPUBudgetMixin, nnUNetT
     epochs = 3
     budget_iterations = 10
     budget_val_iterations = 1
+    seed = 0  # tests: one known run (CPUBudgetMixin)
     finetune_lr = 1e-2
