@@ -68,9 +68,14 @@ INIT_CHECKPOINT = "checkpoint_init.pth"  # the randomly initialised network: the
 
 
 # ------------------------------------------------------------------------------------------ workspace
-def prepare_streams(work: Path, scenarios: list[str]) -> dict[str, Path]:
-    """Build (once) each demo stream under ``work`` and plan/preprocess it (2d) with the stock command."""
-    from nnunet_ext.dataset_conversion.demo_stream import build_demo_stream
+def prepare_streams(work: Path, scenarios: list[str], num_stages: int | None = None) -> dict[str, Path]:
+    """Build (once) each demo stream under ``work`` and plan/preprocess it (2d) with the stock command.
+
+    ``num_stages``: stages of a stream built here; a stream already in ``work`` must have as many (``None``:
+    whatever is there, as the training children use it).
+    """
+    from nnunet_ext.dataset_conversion.demo_stream import NUM_STAGES, build_demo_stream
+    from nnunet_ext.streams import read_stream
     from nnunet_ext.utils import nnunet_commands as cmd
 
     raw, pre = work / "nnUNet_raw", work / "nnUNet_preprocessed"
@@ -81,7 +86,14 @@ def prepare_streams(work: Path, scenarios: list[str]) -> dict[str, Path]:
     for scenario in scenarios:
         dataset_id = SCENARIOS[scenario]
         existing = sorted(raw.glob(f"Dataset{dataset_id}_*"))
-        dataset_dir = existing[0] if existing else build_demo_stream(scenario.replace("-", "_"), dataset_id, raw)
+        if existing:
+            dataset_dir = existing[0]
+            have = len(read_stream(dataset_dir / "stream.json"))
+            if num_stages is not None and have != num_stages:
+                raise SystemExit(f"{dataset_dir} holds a {have}-stage stream, not {num_stages}: use another --workdir")
+        else:
+            dataset_dir = build_demo_stream(scenario.replace("-", "_"), dataset_id, raw,
+                                            num_stages=num_stages or NUM_STAGES)
         if not (pre / dataset_dir.name / "nnUNetPlans.json").is_file():
             cmd.run_command(cmd.plan_and_preprocess_argv(dataset_id, ["2d"]),
                             cmd.nnunet_env(raw, pre, work / "unused_results"), work / f"plan_{dataset_id}.log")
@@ -367,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     p.add_argument("--methods", nargs="+", choices=list(BY_NAME), default=list(DEFAULT_METHODS))
+    p.add_argument("--stages", type=int, default=4, help="stages of the demo streams (default 4; the paper has 5)")
     p.add_argument("--epochs-per-stage", type=int, default=4, help="epochs per stage (default 4)")
     p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch (default 25)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per training run (default 2)")
@@ -380,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ODEx" not in methods:
         p.error("--methods must include ODEx")
     work = args.workdir.resolve()
-    folders = prepare_streams(work, args.scenarios)
+    folders = prepare_streams(work, args.scenarios, args.stages)
     t_start = time.perf_counter()
     runs: dict = {sc: {m: {} for m in methods} for sc in args.scenarios}
     reports: dict = {sc: {} for sc in args.scenarios}

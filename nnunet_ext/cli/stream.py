@@ -2,7 +2,7 @@
 
     nnext stream shifting-source DATASET [--order D1 D2 ...] [--stages 4] [--group-by subject|case]
     nnext stream transformed DATASET NEW_ID [--name NAME] [--domain D] [--stages 4] [--group-by ...]
-    nnext stream demo transformed|shifting-source [--id 950|951]
+    nnext stream demo transformed|shifting-source [--id 950|951] [--stages 4]
     nnext stream check DATASET
 
 DATASET is a dataset id (``501``), a folder name in $nnUNet_raw (``Dataset501_X``) or a path. The
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         scenario, default_id = DEMOS[args.scenario]
         folder = build_demo_stream(scenario, args.id or default_id, resolve_raw_root(args.raw_root), args.seed,
-                                   args.overwrite, pre)
+                                   args.overwrite, pre, args.stages)
     else:
         folder = _dataset(args.dataset, args.raw_root)
         stream = read_stream(folder)
@@ -127,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="small embedded-data stream (MNI152 / Colin27) for tests and the benchmark")
     p.add_argument("scenario", choices=list(DEMOS))
     p.add_argument("--id", type=int, default=None, help="dataset id (default 950 transformed, 951 shifting-source)")
+    p.add_argument("--stages", type=int, default=4, help="number of stages (default 4; the ODEx paper has 5)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")

@@ -1,7 +1,8 @@
 """Small embedded-data streams for the ODEx benchmark and tests, built offline from real MRI in packages.
 
 Both are sized for a CPU: 3 mm isotropic voxels, axial slabs of 3 slices (about 66 x 78 in-plane for
-MNI152, 60 x 72 for Colin27; nnU-Net's ``2d`` configuration), 4 stages with a handful of cases each.
+MNI152, 60 x 72 for Colin27; nnU-Net's ``2d`` configuration), 4 stages (``num_stages``) with a handful of
+cases each.
 Cases are slabs cut as in :mod:`nnunet_ext.dataset_conversion.demo_data` (same resampling, same slab
 placement, :data:`NUM_TEST_SLABS` held-out slabs spread through the brain per source). Every source is a
 **single brain**, so streams are built with ``group_by="case"``: slabs, not subjects, are dealt to stages,
@@ -10,8 +11,8 @@ to other slices, not to other subjects).
 
 ``transformed`` (``DatasetXXX_DemoStreamTransformed``)
     The MNI152 2009a grey/white-matter task (labels as in ``mni_tissue``), run through
-    :func:`~nnunet_ext.dataset_conversion.stream_scenarios.transformed_stream`: stage ``k`` = the slabs
-    through TorchIO contrast stretching and a random affine of strength ``k / 3``.
+    :func:`~nnunet_ext.dataset_conversion.stream_scenarios.transformed_stream`: stage ``k`` of ``S`` = the
+    slabs through TorchIO contrast stretching and a random affine of strength ``k / (S - 1)``.
 ``shifting_source`` (``DatasetXXX_DemoStreamShiftingSource``)
     Two real sources with one label set, brain mask (0 background, 1 brain): the MNI152 2009a T1 (brain
     only; brain = largest 6-connected component of ``T1 > 0``) and the Colin27 T1 *head* (brain = largest
@@ -20,7 +21,7 @@ to other slices, not to other subjects).
     the MNI image has no skull while Colin27's has: the source shift is real (skull, contrast, a
     population average against one subject). Mixed by
     :func:`~nnunet_ext.dataset_conversion.stream_scenarios.shifting_source_stream` from pure MNI152 (stage 0)
-    to pure Colin27 (stage 3). Needs Debian's ``mricron-data``.
+    to pure Colin27 (the last stage). Needs Debian's ``mricron-data``.
 
 >>> build_demo_stream("transformed", 950, "/tmp/nnUNet_raw")  # doctest: +SKIP
 PosixPath('/tmp/nnUNet_raw/Dataset950_DemoStreamTransformed')
@@ -101,6 +102,7 @@ def build_demo_stream(
     seed: int = 0,
     overwrite: bool = False,
     preprocessed_root: str | Path | None = None,
+    num_stages: int = NUM_STAGES,
 ) -> Path:
     """Write a demo stream dataset (see the module docstring) with its ``stream.json``.
 
@@ -111,6 +113,8 @@ def build_demo_stream(
         seed: seed of the stage assignment (and of the random affines of ``transformed``).
         overwrite: replace an existing dataset folder of the same name.
         preprocessed_root: ``$nnUNet_preprocessed``; the stream is copied there if the dataset is preprocessed.
+        num_stages: number of stages (default 4; the ODEx paper's streams have 5). Stages share the slabs, so
+            more stages means fewer training slabs per stage.
 
     Returns:
         The dataset folder.
@@ -140,7 +144,7 @@ def build_demo_stream(
                                     lambda: demo_data._load_mni_tissue(files, SPACING_MM))],
                           dict(mni.labels), mni.description, mni.reference, mni.licence)
             return transformed_stream(source, dataset_id, raw_root, name=NAMES[scenario], domain="mni152",
-                                      num_stages=NUM_STAGES, seed=seed, group_by="case", overwrite=overwrite,
+                                      num_stages=num_stages, seed=seed, group_by="case", overwrite=overwrite,
                                       preprocessed_root=preprocessed_root)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -157,10 +161,10 @@ def build_demo_stream(
             {"background": 0, "brain": 1},
             "Demo shifting-source stream (ODEx scenario) built by nnunet_ext.dataset_conversion.demo_stream: brain "
             "masks of axial slabs of the MNI152 2009a T1 (brain only) and the Colin27 T1 head, mixed from pure "
-            "MNI152 to pure Colin27 over 4 stages; see stream.json",
+            f"MNI152 to pure Colin27 over {num_stages} stages; see stream.json",
             f"{mni.reference} {colin.reference}", f"{mni.licence} {colin.licence}",
         )
-        shifting_source_stream(tmp, ["mni152", "colin27"], NUM_STAGES, seed=seed, group_by="case")
+        shifting_source_stream(tmp, ["mni152", "colin27"], num_stages, seed=seed, group_by="case")
     if preprocessed_root is not None and (Path(preprocessed_root) / target.name).is_dir():
         write_stream(read_stream(target), Path(preprocessed_root) / target.name)
     return target

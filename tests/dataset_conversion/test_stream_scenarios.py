@@ -200,3 +200,9 @@ def test_demo_streams_from_embedded_mri(tmp_path: Path, capsys: pytest.CaptureFi
     assert sorted(p.name for p in raw.iterdir()) == ["Dataset950_DemoStreamTransformed",
                                                      "Dataset951_DemoStreamShiftingSource"]  # no scratch left
     assert os.listdir(raw / "Dataset950_DemoStreamTransformed" / "imagesTs")
+    # the paper's stream length: 5 stages, strengths 0, 1/4, ..., 1
+    raw5 = tmp_path / "raw5"
+    assert main(["stream", "demo", "transformed", "--stages", "5", "--id", "952", "--raw-root", str(raw5)]) == 0
+    stream = read_stream(raw5 / "Dataset952_DemoStreamTransformed")
+    assert [s.extra["transform"]["strength"] for s in stream.stages] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(s.train and s.test for s in stream.stages)
