@@ -24,7 +24,7 @@ class                               xi           history      expansion rule
 ``nnUNetTrainerODEx_xiNegInf``      -inf         all stages   a new expert every stage (ablation)
 ``nnUNetTrainerODEx_noHistory``     2 mu         last stage   ODEx -B (ablation)
 ``nnUNetTrainerDiceEx``             --           all stages   training Dice drops > 10 % (ablation)
-``*_smoke``                         as above                  2 epochs x 15 iterations per stage
+``*_smoke``                         as above                  2 epochs x 23 iterations per stage
 ==================================  ===========  ===========  =================================
 
 Continuing a pool on a **new dataset** (new data arriving later): preprocess the new dataset with the same
@@ -309,10 +309,14 @@ class nnUNetTrainerDiceEx(nnUNetTrainerODEx):
 
 
 class nnUNetTrainerODEx_smoke(ODExMixin, CPUBudgetMixin, nnUNetTrainer):
-    """2 epochs x 15 iterations per stage, 4 feature batches (tests)."""
+    """2 epochs x 23 iterations per stage, 4 feature batches (tests).
+
+    With 15 iterations per stage the first expert of seed 0 had not learnt white matter after stage 0 (the
+    end-to-end test's Dice 0.33 on unshifted scans); with 23, seeds 0-3 gave 0.65-0.74.
+    """
 
     epochs_per_stage = 2
-    budget_iterations = 15
+    budget_iterations = 23
     budget_val_iterations = 2
     seed = 0  # tests: one known run (CPUBudgetMixin)
     odex_feature_batches = 4
