@@ -21,22 +21,17 @@ from nnunet_ext.core.odex import (
 from nnunet_ext.networks.odex import SELECTION_LOG_ENV, FeatureStem, ODExPool, feature_stem, first_norm_layer
 
 
-def unet(dims: int, seed: int = 0) -> PlainConvUNet:
+def unet(dims: int, seed: int = 0, arch: type = PlainConvUNet) -> PlainConvUNet | ResidualEncoderUNet:
     torch.manual_seed(seed)
     conv = nn.Conv2d if dims == 2 else nn.Conv3d
     norm = nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d
-    return PlainConvUNet(1, 2, (4, 8), conv, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True, norm_op=norm,
-                         norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-                         nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    return arch(1, 2, (4, 8), conv, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True, norm_op=norm,
+                norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+                deep_supervision=False)
 
 
 def resenc_unet(dims: int, seed: int = 0) -> ResidualEncoderUNet:
-    torch.manual_seed(seed)
-    conv = nn.Conv2d if dims == 2 else nn.Conv3d
-    norm = nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d
-    return ResidualEncoderUNet(1, 2, (4, 8), conv, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True, norm_op=norm,
-                               norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-                               nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    return unet(dims, seed, ResidualEncoderUNet)
 
 
 def first_norm_input(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
