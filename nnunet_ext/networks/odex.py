@@ -274,11 +274,16 @@ class ODExPool(nn.Module):
         The copy holds only what runs before the first norm layer (:class:`FeatureStem`, e.g. nnU-Net's first
         convolution) when that part of the expert is a plain chain of modules; otherwise the whole expert.
         """
-        reference = (feature_stem(self.experts[index]) or copy.deepcopy(self.experts[index])).requires_grad_(False)
+        reference = self._frozen_copy(index)
         if len(self.reference):
             self.reference[0] = reference
         else:
             self.reference.append(reference)
+
+    def _frozen_copy(self, index: int, stem: bool = True) -> nn.Module:
+        """A frozen copy of expert ``index``: its :func:`feature_stem` if ``stem`` and it has one, else all of it."""
+        expert = self.experts[index]
+        return ((feature_stem(expert) if stem else None) or copy.deepcopy(expert)).requires_grad_(False)
 
     def features(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """ODEx features of ``x``: runs the feature network only up to its first norm layer.
@@ -401,10 +406,9 @@ class ODExPool(nn.Module):
         with torch.inference_mode(False):  # grown modules hold normal tensors even under nnU-Net's inference mode
             while indices and len(self) < max(indices) + 1:  # the pool size comes from the checkpoint
                 self.add_expert(0)
-            keys = [k[len(prefix) + len("reference.0."):] for k in state_dict if k.startswith(prefix + "reference.0.")]
-            if not len(self.reference) and keys:  # a placeholder of the saved kind; its weights come from the state dict
-                stem = all(k.split(".", 1)[0].isdigit() for k in keys)  # FeatureStem keys are "<position>.<name>"
-                self.reference.append((feature_stem(self.experts[0]) if stem else None)
-                                      or copy.deepcopy(self.experts[0]).requires_grad_(False))
+            if not len(self.reference):  # a placeholder of the saved kind; its weights come from the state dict
+                keys = [k[len(prefix + "reference.0."):] for k in state_dict if k.startswith(prefix + "reference.0.")]
+                if keys:  # FeatureStem keys are "<position>.<name>"; a whole U-Net's are not
+                    self.reference.append(self._frozen_copy(0, stem=all(k.split(".", 1)[0].isdigit() for k in keys)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

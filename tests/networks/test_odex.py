@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
 import pytest
 import torch
-import copy
-
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
