@@ -1,7 +1,9 @@
 """``nnext stream``: build and check continual-learning streams (``stream.json``) of nnU-Net raw datasets.
 
     nnext stream shifting-source DATASET [--order D1 D2 ...] [--stages 4] [--group-by subject|case]
+                                 [--stratify-by FIELD]
     nnext stream transformed DATASET NEW_ID [--name NAME] [--domain D] [--stages 4] [--group-by ...]
+                                 [--stratify-by FIELD | --repeat-units]
     nnext stream demo transformed|shifting-source [--id 950|951] [--stages 4]
     nnext stream check DATASET
 
@@ -72,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "shifting-source":
         folder = _dataset(args.dataset, args.raw_root)
         stream_scenarios.shifting_source_stream(folder, args.order, args.stages, args.val_fraction, args.seed,
-                                                args.group_by, args.overwrite, pre)
+                                                args.group_by, args.overwrite, pre, args.stratify_by)
     elif args.action == "transformed":
         source = _dataset(args.dataset, args.raw_root)
         folder = stream_scenarios.transformed_stream(
             source, args.new_id, args.raw_root or source.parent, args.name, args.domain, args.stages,
-            args.val_fraction, args.seed, args.group_by, args.overwrite, pre, _progress)
+            args.val_fraction, args.seed, args.group_by, args.overwrite, pre, _progress, args.stratify_by,
+            args.repeat_units)
     elif args.action == "demo":
         from nnunet_ext.dataset_conversion.demo_stream import build_demo_stream
 
@@ -102,6 +105,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="per stage, fraction of training units held out as val (default 0.2)")
     p.add_argument("--group-by", choices=["subject", "case"], default="subject",
                    help="unit dealt to stages (default subject; 'case' only for slabs of one volume)")
+    p.add_argument("--stratify-by", default=None, metavar="FIELD",
+                   help="numeric domains.json case field (e.g. slab): spread each stage's units over its range "
+                        "instead of dealing them at random")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing stream.json / dataset")
@@ -123,6 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("new_id", type=int, metavar="NEW_ID", help="id of the new dataset")
     p.add_argument("--name", default=None, help="new dataset name after DatasetXXX_ (default <name>Transformed)")
     p.add_argument("--domain", default=None, help="source domain (default: the only real domain)")
+    p.add_argument("--repeat-units", action="store_true",
+                   help="every stage gets every training unit through its own transform (for slabs of one volume)")
     _common(p)
     p = sub.add_parser("demo", help="small embedded-data stream (MNI152 / Colin27) for tests and the benchmark")
     p.add_argument("scenario", choices=list(DEMOS))

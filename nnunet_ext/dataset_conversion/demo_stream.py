@@ -5,9 +5,13 @@ MNI152, 60 x 72 for Colin27; nnU-Net's ``2d`` configuration), 4 stages (``num_st
 cases each.
 Cases are slabs cut as in :mod:`nnunet_ext.dataset_conversion.demo_data` (same resampling, same slab
 placement, :data:`NUM_TEST_SLABS` held-out slabs spread through the brain per source). Every source is a
-**single brain**, so streams are built with ``group_by="case"``: slabs, not subjects, are dealt to stages,
-and train and test slabs of one stage come from the same brain (the in-stage test measures generalisation
-to other slices, not to other subjects).
+**single brain**, so streams are built with ``group_by="case"``: slabs, not subjects, are the units, and
+train and test slabs of one stage come from the same brain (the in-stage test measures generalisation to
+other slices, not to other subjects). Slabs at different heights show different anatomy, and one stage
+holds only a few of them; dealt at random, stages would differ in anatomy as much as in the shift under
+study. So ``transformed`` gives every stage every training slab (``repeat_units``: stages differ only in
+the transform) and ``shifting_source`` spreads each stage's slabs of a source over the brain's height
+(``stratify_by="slab"``).
 
 ``transformed`` (``DatasetXXX_DemoStreamTransformed``)
     The MNI152 2009a grey/white-matter task (labels as in ``mni_tissue``), run through
@@ -113,8 +117,8 @@ def build_demo_stream(
         seed: seed of the stage assignment (and of the random affines of ``transformed``).
         overwrite: replace an existing dataset folder of the same name.
         preprocessed_root: ``$nnUNet_preprocessed``; the stream is copied there if the dataset is preprocessed.
-        num_stages: number of stages (default 4; the ODEx paper's streams have 5). Stages share the slabs, so
-            more stages means fewer training slabs per stage.
+        num_stages: number of stages (default 4; the ODEx paper's streams have 5). In ``shifting_source`` the
+            stages share the slabs, so more stages means fewer training slabs per stage.
 
     Returns:
         The dataset folder.
@@ -145,7 +149,7 @@ def build_demo_stream(
                           dict(mni.labels), mni.description, mni.reference, mni.licence)
             return transformed_stream(source, dataset_id, raw_root, name=NAMES[scenario], domain="mni152",
                                       num_stages=num_stages, seed=seed, group_by="case", overwrite=overwrite,
-                                      preprocessed_root=preprocessed_root)
+                                      preprocessed_root=preprocessed_root, repeat_units=True)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -164,7 +168,7 @@ def build_demo_stream(
             f"MNI152 to pure Colin27 over {num_stages} stages; see stream.json",
             f"{mni.reference} {colin.reference}", f"{mni.licence} {colin.licence}",
         )
-        shifting_source_stream(tmp, ["mni152", "colin27"], num_stages, seed=seed, group_by="case")
+        shifting_source_stream(tmp, ["mni152", "colin27"], num_stages, seed=seed, group_by="case", stratify_by="slab")
     if preprocessed_root is not None and (Path(preprocessed_root) / target.name).is_dir():
         write_stream(read_stream(target), Path(preprocessed_root) / target.name)
     return target

@@ -121,3 +121,28 @@ def deal_to_stages(units: Sequence[str], share: Sequence[float]) -> list[list[st
         groups.append(list(units[start:stop]))
         start = stop
     return groups
+
+
+def deal_stratified(units: Sequence[str], share: Sequence[float], seed: int = 0) -> list[list[str]]:
+    """Like :func:`deal_to_stages`, but each stage's units are spread over the order of ``units``.
+
+    ``units`` come sorted by a case attribute (e.g. the slab position in a brain). The group sizes are
+    :func:`deal_to_stages`'s; unit ``i`` goes to the stage furthest behind its proportional quota
+    ``size_k (i + 1) / n`` (ties broken in a seeded random order), so every stage samples the whole range
+    of the attribute instead of a contiguous block of it.
+
+    >>> deal_stratified(["z0", "z1", "z2", "z3", "z4", "z5"], [1, 1])
+    [['z0', 'z2', 'z4'], ['z1', 'z3', 'z5']]
+
+    Raises:
+        ValueError: ``share`` has a negative entry or sums to 0.
+    """
+    sizes = [len(g) for g in deal_to_stages(units, share)]
+    priority = np.random.default_rng(seed).permutation(len(sizes))
+    groups: list[list[str]] = [[] for _ in sizes]
+    n = len(units)
+    for i, unit in enumerate(units):
+        open_stages = [k for k in range(len(sizes)) if len(groups[k]) < sizes[k]]
+        k = max(open_stages, key=lambda k: (sizes[k] * (i + 1) / n - len(groups[k]), -priority[k]))
+        groups[k].append(unit)
+    return groups

@@ -16,8 +16,10 @@ and cut into stage groups in proportion to the source's weights over the stages
 (:func:`nnunet_ext.dataset_conversion.splits.deal_to_stages`); its test units are dealt the same way, so a
 stage's test cases sample that stage's population. Within a stage a seeded ``val_fraction`` of units
 becomes ``val``. The paper's exact proportions are in its appendix, which we do not have; this schedule is
-ours. Only ``stream.json`` is written (into the dataset folder, and into
-``$nnUNet_preprocessed/DatasetXXX_Name/`` if that exists); no input file changes.
+ours. With ``stratify_by`` (a numeric case field such as the demo slabs' ``slab`` position), a source's
+units are not shuffled but spread so that each stage samples the field's whole range. Only ``stream.json``
+is written (into the dataset folder, and into ``$nnUNet_preprocessed/DatasetXXX_Name/`` if that exists);
+no input file changes.
 
 **Transformed** (:func:`transformed_stream`): one source domain, progressively modified with TorchIO as
 in the paper ("intensity rescaling up to a contrast stretching of (0.1, 0.9) and affine transformations of
@@ -35,7 +37,8 @@ strength ``s = k / (S - 1)`` (stage 0 is the original data, copied unchanged) an
    not rotated out of their own plane.
 
 The training units are dealt evenly (seeded) to the stages and each unit's cases are written through its
-stage's transform; **every** test case of the source is written through **every** stage's transform, as
+stage's transform (``repeat_units=True``: every stage gets every training unit, each stage through its own
+transform, so stages differ only in the transform; meant for one volume cut into slabs); **every** test case of the source is written through **every** stage's transform, as
 stage ``k``'s test set (test cases of one subject therefore appear, transformed differently, in every
 stage's test list; they are never trained on). Everything goes into a **new** dataset
 ``DatasetXXX_Name`` (case ids ``s<k>_<case>``; domains ``<source>_stage<k>``, ``simulated: true`` from
@@ -58,7 +61,7 @@ import numpy as np
 
 from nnunet_ext.dataset_conversion.common import check_id_unused, dataset_folder
 from nnunet_ext.dataset_conversion.hippocampus_stream import stage_weights
-from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages, holdout_subjects
 from nnunet_ext.domains import DomainMetadata, load_domains, save_domains
 from nnunet_ext.streams import STREAM_FILENAME, Stage, Stream, write_stream
 from nnunet_ext.utils.atomic import atomic_directory
@@ -120,6 +123,24 @@ def _shuffled(units: dict[str, list[str]], rng: np.random.Generator) -> list[str
     return [names[i] for i in rng.permutation(len(names))]
 
 
+def _deal(units: dict[str, list[str]], share: Sequence[float], rng: np.random.Generator, meta: DomainMetadata,
+          stratify_by: str | None, source: str) -> list[list[str]]:
+    """Deal ``units`` (unit -> cases) to stages: shuffled and cut, or spread over ``stratify_by`` (a number
+    every case has in ``domains.json``; a unit's value is the mean over its cases)."""
+    if stratify_by is None:
+        return deal_to_stages(_shuffled(units, rng), share)
+    values = {}
+    for unit, cases in units.items():
+        found = [meta.cases[c].get(stratify_by) for c in cases]
+        bad = [c for c, v in zip(cases, found) if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise ValueError(f"{source}: stratify_by={stratify_by!r} needs a number for every case, but case "
+                             f"{bad[0]!r} has {meta.cases[bad[0]].get(stratify_by)!r}; pass another field or none")
+        values[unit] = float(np.mean(found))
+    ordered = sorted(units, key=lambda u: (values[u], u))
+    return deal_stratified(ordered, share, int(rng.integers(2**31)))
+
+
 def _val_split(units: Sequence[str], val_fraction: float, seed: int) -> set[str]:
     return holdout_subjects(units, val_fraction, seed) if len(units) >= 2 else set()
 
@@ -146,6 +167,7 @@ def shifting_source_stream(
     group_by: GroupBy = "subject",
     overwrite: bool = False,
     preprocessed_root: str | os.PathLike | None = None,
+    stratify_by: str | None = None,
 ) -> Stream:
     """Build and write the shifting-source stream of a raw dataset (see the module docstring).
 
@@ -159,6 +181,9 @@ def shifting_source_stream(
         group_by: unit dealt to stages: ``"subject"`` or ``"case"``.
         overwrite: replace an existing ``stream.json``.
         preprocessed_root: ``$nnUNet_preprocessed``; the stream is copied into its dataset folder if that exists.
+        stratify_by: a numeric ``domains.json`` case field (e.g. ``"slab"``); per source, each stage's units
+            are spread over its range (:func:`~nnunet_ext.dataset_conversion.splits.deal_stratified`) instead
+            of drawn at random, so stages do not differ in it by chance. Default: random dealing.
 
     Returns:
         The written stream.
@@ -195,7 +220,8 @@ def shifting_source_stream(
         for split, groups in (("train", train_groups), ("test", test_groups)):
             case_lists.update(units[domain][split])
             if units[domain][split]:
-                for stage, group in enumerate(deal_to_stages(_shuffled(units[domain][split], rng), weights[:, i])):
+                dealt = _deal(units[domain][split], weights[:, i], rng, meta, stratify_by, str(folder / "domains.json"))
+                for stage, group in enumerate(dealt):
                     groups[stage] += group
     stages = []
     for k in range(num_stages):
@@ -210,7 +236,7 @@ def shifting_source_stream(
         weight = dict(zip(order, weights[k].round(4).tolist()))
         stages.append(Stage(k, tuple(cases["train"]), tuple(cases["val"]), tuple(cases["test"]), {"weights": weight}))
     stream = Stream(tuple(stages), "shifting_source",
-                    {"order": order, "schedule": SHIFTING_SCHEDULE, "group_by": group_by,
+                    {"order": order, "schedule": SHIFTING_SCHEDULE, "group_by": group_by, "stratify_by": stratify_by,
                      "val_fraction": val_fraction, "seed": seed}, folder / STREAM_FILENAME)
     stream.check_cases(_listed(folder, "imagesTr", file_ending), _listed(folder, "imagesTs", file_ending))
     write_stream(stream, folder)
@@ -315,6 +341,8 @@ def transformed_stream(
     overwrite: bool = False,
     preprocessed_root: str | os.PathLike | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    stratify_by: str | None = None,
+    repeat_units: bool = False,
 ) -> Path:
     """Write the transformed-scenario stream of one source domain as a new raw dataset.
 
@@ -331,6 +359,11 @@ def transformed_stream(
         overwrite: replace an existing dataset folder of that name.
         preprocessed_root: ``$nnUNet_preprocessed`` (the stream is copied there if the dataset is preprocessed).
         progress: called as ``progress(done, total, case_id)`` while writing.
+        stratify_by: a numeric ``domains.json`` case field; each stage's units are spread over its range
+            (see :func:`shifting_source_stream`). Default: random dealing.
+        repeat_units: every stage gets **every** training unit, through its own stage transform (one seeded
+            ``val`` set for all stages), instead of a share of them. For a source that is one volume cut into
+            slabs: dealt slabs would make the stages differ in anatomy as well as in the transform.
 
     Returns:
         The new dataset folder.
@@ -380,7 +413,14 @@ def transformed_stream(
                          f"every image and label (labelsTs too) of domain {domain!r}")
 
     rng = np.random.default_rng(seed)
-    groups = deal_to_stages(_shuffled(units["train"], rng), np.ones(num_stages))
+    if repeat_units:
+        if stratify_by is not None:
+            raise ValueError("stratify_by has no effect with repeat_units=True (every stage gets every unit); "
+                             "pass one of them")
+        groups = [sorted(units["train"]) for _ in range(num_stages)]
+        shared_val = _val_split(groups[0], val_fraction, seed)
+    else:
+        groups = _deal(units["train"], np.ones(num_stages), rng, meta, stratify_by, str(folder / "domains.json"))
     if not all(groups):
         raise ValueError(f"{len(units['train'])} training units cannot fill {num_stages} stages; use fewer stages")
     records = [stage_transform(k / (num_stages - 1) if num_stages > 1 else 0.0) for k in range(num_stages)]
@@ -422,7 +462,7 @@ def transformed_stream(
                 progress(index + 1, len(jobs), new_case)
         stages = []
         for k, group in enumerate(groups):
-            val = _val_split(group, val_fraction, seed + k)
+            val = shared_val if repeat_units else _val_split(group, val_fraction, seed + k)
             stages.append(Stage(
                 k,
                 tuple(sorted(f"s{k}_{c}" for u in group if u not in val for c in units["train"][u])),
@@ -432,7 +472,8 @@ def transformed_stream(
             ))
         stream = Stream(tuple(stages), "transformed",
                         {"dataset": target.name, "source_dataset": folder.name, "source_domain": domain,
-                         "group_by": group_by, "val_fraction": val_fraction, "seed": seed}, target / STREAM_FILENAME)
+                         "group_by": group_by, "stratify_by": stratify_by, "repeat_units": repeat_units,
+                         "val_fraction": val_fraction, "seed": seed}, target / STREAM_FILENAME)
         num_training = sum(split == "train" for _, split, _, _ in jobs)
         generate_dataset_json(
             str(tmp), channel_names=dict(dj.get("channel_names", {"0": "image"})), labels=dict(dj["labels"]),

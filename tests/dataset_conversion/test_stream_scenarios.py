@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_ext.cli.main import main
+from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages
 from nnunet_ext.dataset_conversion.stream_scenarios import (
     apply_stage_transform,
     shifting_source_stream,
@@ -107,6 +108,40 @@ def test_shifting_source_errors(dataset: Path) -> None:
     assert len(shifting_source_stream(dataset, ["a", "b"], 2, overwrite=True, group_by="case")) == 2
 
 
+def test_deal_stratified_spreads_every_stage_over_the_order() -> None:
+    units = [f"u{i:02d}" for i in range(14)]
+    for share in ([1, 1, 1, 1, 1], [1, 0.75, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.75, 1]):
+        groups = deal_stratified(units, share, seed=3)
+        assert [len(g) for g in groups] == [len(g) for g in deal_to_stages(units, share)]
+        assert sorted(u for g in groups for u in g) == units                            # a partition
+        for g in groups:
+            if len(g) >= 2:   # spread: gaps at most twice the even spacing, span twice a contiguous block's
+                positions = [units.index(u) for u in g]
+                assert max(np.diff(positions)) <= 2 * len(units) / len(g)
+                assert positions[-1] - positions[0] >= 2 * (len(g) - 1)
+    assert deal_stratified(units, [1, 1], seed=0) == deal_stratified(units, [1, 1], seed=0)
+    with pytest.raises(ValueError, match="positive sum"):
+        deal_stratified(units, [0, 0])
+
+
+def test_shifting_source_stratified_by_a_case_field(dataset: Path) -> None:
+    meta = load_domains(dataset)
+    for case, m in meta.cases.items():
+        m["height"] = int(m["subject"][1])
+    save_domains(meta, dataset)
+    stream = shifting_source_stream(dataset, ["a", "b"], num_stages=2, seed=0, val_fraction=0,
+                                    stratify_by="height")
+    heights = [sorted({meta.cases[c]["height"] for c in s.train if meta.cases[c]["domain"] == d})
+               for s, d in zip(stream.stages, "ab")]
+    # a: 6 of 8 subjects in stage 0 (weights 1 and 0 after the mix), spread over 0..7, not a random block
+    assert heights[0][0] <= 1 and heights[0][-1] >= 6 and heights[1][0] <= 1 and heights[1][-1] >= 6
+    assert stream.extra["stratify_by"] == "height"
+    del meta.cases["b3"]["height"]
+    save_domains(meta, dataset)
+    with pytest.raises(ValueError, match="stratify_by='height' needs a number for every case, but case 'b3'"):
+        shifting_source_stream(dataset, ["a", "b"], 2, overwrite=True, stratify_by="height")
+
+
 def test_stage_transform_parameters() -> None:
     assert stage_transform(0) == {"strength": 0.0, "steps": []}
     intensity, affine = stage_transform(1.0)["steps"]
@@ -159,6 +194,21 @@ def test_transformed_writes_new_dataset_only(dataset: Path) -> None:
         transformed_stream(dataset, 801, domain="b", num_stages=3)
 
 
+def test_transformed_repeat_units_gives_every_stage_every_unit(dataset: Path) -> None:
+    target = transformed_stream(dataset, 803, domain="b", num_stages=3, seed=0, repeat_units=True)
+    stream = read_stream(target)
+    sources = [({c[3:] for c in s.train}, {c[3:] for c in s.val}) for s in stream.stages]
+    assert all(x == sources[0] for x in sources) and len(sources[0][1]) == 2              # one val set for all
+    assert sources[0][0] | sources[0][1] == {f"b{i}" for i in range(8)}
+    assert json.loads((target / "dataset.json").read_text())["numTraining"] == 24
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / f"{stream.stages[0].train[0]}_0000.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / f"{stream.stages[2].train[0]}_0000.nii.gz")))
+    assert not np.allclose(a, b)                                                            # own transform per stage
+    assert stream.extra["repeat_units"] is True
+    with pytest.raises(ValueError, match="stratify_by has no effect with repeat_units"):
+        transformed_stream(dataset, 804, domain="b", repeat_units=True, stratify_by="slab")
+
+
 def test_cli_stream_commands_and_check(dataset: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("nnUNet_raw", str(dataset.parent))
@@ -206,3 +256,10 @@ def test_demo_streams_from_embedded_mri(tmp_path: Path, capsys: pytest.CaptureFi
     stream = read_stream(raw5 / "Dataset952_DemoStreamTransformed")
     assert [s.extra["transform"]["strength"] for s in stream.stages] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all(s.train and s.test for s in stream.stages)
+    # every stage trains on the same slabs (only the transform differs) ...
+    assert len({tuple(c[3:] for c in s.train) for s in stream.stages}) == 1 and len(stream.stages[0].train) >= 8
+    # ... and shifting-source stages sample the brain's height, not a random few slabs
+    meta = load_domains(raw / "Dataset951_DemoStreamShiftingSource")
+    stream = read_stream(raw / "Dataset951_DemoStreamShiftingSource")
+    slabs = sorted(meta.cases[c]["slab"] for c in stream.stages[0].train + stream.stages[0].val)
+    assert slabs[-1] - slabs[0] >= 8
