@@ -238,13 +238,26 @@ def normalise(distance: torch.Tensor | float, calibration: torch.Tensor) -> torc
     return (torch.as_tensor(distance, dtype=torch.float64) - d_min) / (2 * d_max - d_min).clamp_min(1e-12)
 
 
+def history_distances(z: torch.Tensor, means: torch.Tensor, chols: torch.Tensor,
+                      calibrations: torch.Tensor) -> torch.Tensor:
+    """Normalised Mahalanobis distance of every sample to every Gaussian of a history (:func:`normalise`).
+
+    Shape:
+        z: ``(N, D)``; means: ``(H, D)``; chols: ``(H, D, D)``; calibrations: ``(H, 3)``. Returns ``(N, H)``.
+    """
+    if means.shape[0] == 0:
+        return torch.zeros(z.shape[0], 0, dtype=torch.float64, device=z.device)
+    return torch.stack([normalise(mahalanobis(z, m, c), cal.to(z.device))
+                        for m, c, cal in zip(means, chols, calibrations)], dim=1)
+
+
 def history_score(z: torch.Tensor, means: torch.Tensor, chols: torch.Tensor,
                   calibrations: torch.Tensor) -> torch.Tensor:
     """A model's distance to ``z``: its history's summed normalised Mahalanobis distances over the length.
 
     Each Gaussian ``h`` normalises its own distance with its in-distribution calibration (:func:`normalise`);
-    the normalised distances are summed over the history (the paper's Eq. 4) and divided by the history
-    length so that models with histories of different lengths compare on one scale.
+    the normalised distances (:func:`history_distances`) are summed over the history (the paper's Eq. 4) and
+    divided by the history length so that models with histories of different lengths compare on one scale.
 
     Shape:
         z: ``(N, D)``; means: ``(H, D)``; chols: ``(H, D, D)``; calibrations: ``(H, 3)``. Returns ``(N,)``;
@@ -252,9 +265,7 @@ def history_score(z: torch.Tensor, means: torch.Tensor, chols: torch.Tensor,
     """
     if means.shape[0] == 0:
         return torch.full((z.shape[0],), math.inf, dtype=torch.float64, device=z.device)
-    per = torch.stack([normalise(mahalanobis(z, m, c), cal.to(z.device))
-                       for m, c, cal in zip(means, chols, calibrations)])
-    return per.sum(0) / means.shape[0]
+    return history_distances(z, means, chols, calibrations).sum(1) / means.shape[0]
 
 
 def history_threshold(calibrations: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from torch import nn
 
 from nnunet_ext.core.odex import (
     decide,
+    history_distances,
     history_score,
     history_threshold,
     norm_input_features,
@@ -168,6 +169,10 @@ class ExpertHistory(nn.Module):
     def score(self, z: torch.Tensor) -> torch.Tensor:
         """:func:`~nnunet_ext.core.odex.history_score` of ``z (N, D)``; ``inf`` when the history is empty."""
         return history_score(z, self.means, self.chols, self.calibrations)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """:func:`~nnunet_ext.core.odex.history_distances` of ``z (N, D)``: ``(N, H)``."""
+        return history_distances(z, self.means, self.chols, self.calibrations)
 
     def threshold(self) -> torch.Tensor:
         """The paper's ``xi = 2 mu`` for this history (``inf`` when empty)."""
@@ -308,6 +313,17 @@ class ODExPool(nn.Module):
             z = self.features(x, 0)
             return torch.stack([h.score(z) for h in self.histories], dim=1)
         return torch.stack([self.histories[m].score(self.features(x, m)) for m in range(len(self))], dim=1)
+
+    def distances(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per expert, each sample's normalised distance to each Gaussian of its history: ``M`` x ``(B, H_m)``.
+
+        The mean over the history is the expert's score (:meth:`scores`); the parts say which Gaussian a
+        score comes from (why a stage did or did not look new).
+        """
+        if len(self.reference):
+            z = self.features(x, 0)
+            return [h.distances(z) for h in self.histories]
+        return [self.histories[m].distances(self.features(x, m)) for m in range(len(self))]
 
     def thresholds(self) -> torch.Tensor:
         """Each expert's ``xi = 2 mu`` ``(M,)``."""

@@ -144,9 +144,10 @@ class ODExMixin(StreamTrainerMixin):
         if not pool.has_history():
             record = {"stage": stage_index, "action": "train", "expert": 0, "reason": "first stage, empty pool"}
         else:
-            decision = decide(self._mean_scores(), pool.thresholds(), self.odex_xi)
+            distances = self._mean_distances()
+            decision = decide(self._mean_scores(distances), pool.thresholds(), self.odex_xi)
             record = {"stage": stage_index, "closest": decision.best, "scores": list(decision.scores),
-                      "xi": decision.xi}
+                      "xi": decision.xi, "history_distances": distances[decision.best].tolist()}
             expand = decision.expand
             if self.odex_expansion == "dice":
                 dice = self._training_dice(decision.best)
@@ -216,16 +217,24 @@ class ODExMixin(StreamTrainerMixin):
     def _stage_features(self, expert: int) -> torch.Tensor:
         return torch.cat([self.pool.features(x, expert) for x, _ in self._feature_batches()])
 
-    def _mean_scores(self) -> torch.Tensor:
-        """Mean score of the stage's patches under each expert's history, reduced over ranks."""
+    def _mean_distances(self) -> list[torch.Tensor]:
+        """Per expert, the mean normalised distance of the stage's patches to each Gaussian of its history
+        (``(H_m,)``; their mean is the expert's score), reduced over ranks."""
         pool = self.pool
-        totals = torch.zeros(len(pool), 2, dtype=torch.float64, device=self.device)
+        lengths = [len(h) for h in pool.histories]
+        totals = torch.zeros(sum(lengths) + 1, dtype=torch.float64, device=self.device)  # last entry: count
         for x, _ in self._feature_batches():
-            scores = pool.scores(x)  # (B, M)
-            totals[:, 0] += scores.sum(0).to(totals)
-            totals[:, 1] += scores.shape[0]
-        totals = distributed_reduce(totals, "sum")
-        return (totals[:, 0] / totals[:, 1]).cpu()
+            parts = pool.distances(x)  # M x (B, H_m)
+            totals[:-1] += torch.cat([d.sum(0) for d in parts]).to(totals)
+            totals[-1] += x.shape[0]
+        totals = distributed_reduce(totals, "sum").cpu()
+        return list(torch.split(totals[:-1] / totals[-1], lengths))
+
+    def _mean_scores(self, distances: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Each expert's score on the stage's patches: the mean of its :meth:`_mean_distances` (``inf``: no
+        history)."""
+        distances = self._mean_distances() if distances is None else distances
+        return torch.tensor([float(d.mean()) if len(d) else math.inf for d in distances], dtype=torch.float64)
 
     @torch.no_grad()
     def _training_dice(self, expert: int) -> float:

@@ -15,6 +15,7 @@ from nnunet_ext.core.odex import (
     GaussianStats,
     decide,
     distributed_reduce,
+    history_distances,
     history_score,
     history_threshold,
     mahalanobis,
@@ -123,6 +124,10 @@ def test_history_score_averages_normalised_distances_over_the_history():
     torch.testing.assert_close(history_score(z, means, torch.stack([eye, eye]), cals),
                                torch.tensor([expected], dtype=torch.float64))
     assert float(history_score(z, means[:0], torch.stack([eye, eye])[:0], cals[:0])[0]) == math.inf
+    # the parts: one normalised distance per Gaussian; none for an empty history
+    torch.testing.assert_close(history_distances(z, means, torch.stack([eye, eye]), cals),
+                               torch.tensor([[0.0, 0.8]], dtype=torch.float64))
+    assert history_distances(z, means[:0], torch.stack([eye, eye])[:0], cals[:0]).shape == (1, 0)
 
 
 def test_a_child_with_its_parents_history_wins_on_its_own_data_and_loses_on_the_parents():

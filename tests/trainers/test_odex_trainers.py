@@ -100,6 +100,8 @@ def test_paper_rule_keeps_in_distribution_data_and_expands_on_a_shift(tiny_works
     trainer.run_training()
     decisions = trainer.odex_decisions
     assert decisions[1]["action"] == "expand" and decisions[1]["scores"][0] >= decisions[1]["xi"] > 0
+    # the score is the mean of the per-Gaussian distances written beside it (one Gaussian at stage 1)
+    assert decisions[1]["history_distances"] == pytest.approx([decisions[1]["scores"][0]])
     assert len(trainer.pool) == 2
     # stage 0's own data measured again with expert 0 (untouched since stage 0): below xi, no expansion
     trainer._data_stage, trainer._all_stages_split = 0, False
