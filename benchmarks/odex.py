@@ -27,6 +27,17 @@ model (median of interleaved pairs), and the whole prediction of the test folder
     python benchmarks/odex.py --workdir /tmp/bench_odex                 # 2 seeds, both scenarios
     python benchmarks/odex.py --workdir /tmp/bench_odex_quick --quick   # smoke: 1 seed, 1 epoch per stage
 
+The paper's own experiment, for someone with its data and a GPU: build the streams with ``nnext convert
+hippocampus-stream`` / ``nnext stream ...`` (documentation/continual.md), preprocess them with
+``nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres``, then pass them instead of the demo streams (the
+stock ``$nnUNet_raw`` / ``$nnUNet_preprocessed``; the paper's budget is 200 epochs x 250 iterations):
+
+    python benchmarks/odex.py --workdir WORKDIR --dataset SHIFTING_ID TRANSFORMED_ID -c 3d_fullres \
+        --device cuda --epochs-per-stage 200 --iterations 250 --seeds 0 1 2
+
+With ``--device cuda`` the memory column compares peak GPU memory (``torch.cuda.max_memory_allocated``, the
+paper's claim), otherwise peak resident memory.
+
 Writes ``results.json``, ``results.md`` and ``odex_benchmark.png`` (plus one ``continual.*`` report per
 scenario and seed under ``reports/``) in the workdir.
 """
@@ -101,12 +112,38 @@ def prepare_streams(work: Path, scenarios: list[str], num_stages: int | None = N
     return folders
 
 
+def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]:
+    """Raw dataset folders (ids, names or paths) of user-built streams, checked to be preprocessed for
+    ``configuration``; keyed by the folder name (the benchmark's scenario name)."""
+    from nnunet_ext.cli.main import UserError
+    from nnunet_ext.cli.stream import resolve_dataset
+    from nnunet_ext.streams import read_stream
+
+    pre_root = os.environ.get("nnUNet_preprocessed")
+    if not pre_root:
+        raise SystemExit("--dataset needs $nnUNet_raw and $nnUNet_preprocessed (the stock nnU-Net variables)")
+    folders = {}
+    for dataset in datasets:
+        try:
+            folder = resolve_dataset(dataset)
+        except UserError as e:
+            raise SystemExit(str(e)) from None
+        read_stream(folder)  # a dataset without a valid stream.json fails here, naming the file
+        plans = Path(pre_root) / folder.name / "nnUNetPlans.json"
+        config = json.loads(plans.read_text())["configurations"].get(configuration) if plans.is_file() else None
+        if config is None or not (plans.parent / config.get("data_identifier", f"nnUNetPlans_{configuration}")).is_dir():
+            raise SystemExit(f"{folder.name} is not preprocessed for {configuration!r} in {pre_root}: run "
+                             f"nnUNetv2_plan_and_preprocess -d {folder.name[7:10]} -c {configuration} first")
+        folders[folder.name] = folder
+    return folders
+
+
 def run_dir_of(work: Path, scenario: str, method: str, seed: int) -> Path:
     return work / "runs" / scenario / method / f"seed{seed}"
 
 
-def model_folder(run_dir: Path) -> Path:
-    folders = sorted((run_dir / "results").glob("Dataset*/*__nnUNetPlans__2d"))
+def model_folder(run_dir: Path, configuration: str) -> Path:
+    folders = sorted((run_dir / "results").glob(f"Dataset*/*__nnUNetPlans__{configuration}"))
     if len(folders) != 1:
         raise RuntimeError(f"expected one model folder under {run_dir / 'results'}, found {folders}")
     return folders[0]
@@ -117,16 +154,16 @@ def train_child(args: argparse.Namespace) -> int:
     """``_train``: one training run in this (child) process; writes ``train.json`` into the run folder."""
     import torch
 
-    work, method = args.workdir, BY_NAME[args.method]
-    dataset_dir = prepare_streams(work, [args.scenario])[args.scenario]
+    method, dataset_dir = BY_NAME[args.method], args.dataset_dir
     os.environ.update(nnUNet_results=str(args.run_dir / "results"), nnUNet_n_proc_DA="0")
-    pre = work / "nnUNet_preprocessed" / dataset_dir.name
+    pre = Path(os.environ["nnUNet_preprocessed"]) / dataset_dir.name  # set by the parent (demo) or the user
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    trainer = trainer_class(method.trainer)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    device = torch.device(args.device)
+    trainer = trainer_class(method.trainer)(plans, args.configuration, 0, dataset_json, device=device)
     trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = args.iterations, 2
     from nnunet_ext.streams import read_stream
 
@@ -157,12 +194,14 @@ def train_child(args: argparse.Namespace) -> int:
            "median_iteration_s": statistics.median(t for _, t in steps[3:]),
            "stage_hooks_s": sum(t for calls in hooks for _, t in calls),
            "pool_size": pool_size, "decisions": decisions}
+    if device.type == "cuda":  # the paper's memory claim is about GPU memory
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     (args.run_dir / "train.json").write_text(json.dumps(out, indent=2))
     return 0
 
 
-def launch_training(work: Path, scenario: str, method: str, seed: int, epochs_per_stage: int, iterations: int,
-                    threads: int) -> dict:
+def launch_training(work: Path, scenario: str, dataset_dir: Path, method: str, seed: int, epochs_per_stage: int,
+                    iterations: int, threads: int, configuration: str, device: str) -> dict:
     """Run :func:`train_child` in a child process; adds its peak resident memory (MB) to ``train.json``."""
     run_dir = run_dir_of(work, scenario, method, seed)
     if (run_dir / "train.json").is_file():
@@ -176,9 +215,10 @@ def launch_training(work: Path, scenario: str, method: str, seed: int, epochs_pe
         elif stale.is_file():
             stale.unlink()
     run_dir.mkdir(parents=True)
-    argv = [sys.executable, str(Path(__file__).resolve()), "_train", "--workdir", str(work), "--scenario", scenario,
-            "--method", method, "--seed", str(seed), "--epochs-per-stage", str(epochs_per_stage), "--iterations",
-            str(iterations), "--threads", str(threads), "--run-dir", str(run_dir)]
+    argv = [sys.executable, str(Path(__file__).resolve()), "_train", "--dataset-dir", str(dataset_dir),
+            "--scenario", scenario, "--method", method, "--seed", str(seed), "--epochs-per-stage", str(epochs_per_stage),
+            "--iterations", str(iterations), "--threads", str(threads), "--run-dir", str(run_dir),
+            "--configuration", configuration, "--device", device]
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         _, status, usage = os.wait4(proc.pid, 0)
@@ -191,12 +231,12 @@ def launch_training(work: Path, scenario: str, method: str, seed: int, epochs_pe
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def _predict_folder(model: Path, checkpoint: str, images: Path, out: Path) -> float:
+def _predict_folder(model: Path, checkpoint: str, images: Path, out: Path, device: str) -> float:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), perform_everything_on_device=False,
-                                allow_tqdm=False)
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device(device),
+                                perform_everything_on_device=device != "cpu", allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (0,), checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -205,7 +245,7 @@ def _predict_folder(model: Path, checkpoint: str, images: Path, out: Path) -> fl
 
 
 def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[str], seed: int,
-                  runs: dict[str, dict]) -> dict:
+                  runs: dict[str, dict], configuration: str, device: str) -> dict:
     """``nnext evaluate-continual`` of every method of one scenario and seed; returns its ``continual.json``."""
     report = work / "reports" / scenario / f"seed{seed}"
     if (report / "continual.json").is_file():
@@ -213,12 +253,12 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
     images, preds = dataset_dir / "imagesTs", work / "predictions" / scenario / f"seed{seed}"
     argv = [sys.executable, "-m", "nnunet_ext", "evaluate-continual", "--stream", str(dataset_dir / "stream.json"),
             "--ref", str(dataset_dir / "labelsTs"), "--disable-tta", "-o", str(report),
-            "--title", f"{scenario}, seed {seed}"]
+            "--title", f"{scenario}, seed {seed}", "--device", device]
     from nnunet_ext.streams import read_stream
 
     num_stages = len(read_stream(dataset_dir / "stream.json"))
     for name in methods:
-        folder = model_folder(run_dir_of(work, scenario, name, seed))
+        folder = model_folder(run_dir_of(work, scenario, name, seed), configuration)
         if BY_NAME[name].stream:
             earlier = report / "predictions" / name  # kept from an earlier evaluation of the same model
             if all((earlier / f"after{k}").is_dir() for k in range(num_stages)):
@@ -229,52 +269,56 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
         else:  # joint: one final model, shown as the same predictions "after" every stage (only its Dice counts)
             final = preds / name / "final"
             if not final.is_dir():
-                _predict_folder(folder, "checkpoint_final.pth", images, final)
+                _predict_folder(folder, "checkpoint_final.pth", images, final, device)
             argv += ["--method", f"{name}={preds / name / 'after{stage}'}"]
             for k in range(num_stages):
                 link = preds / name / f"after{k}"
                 if not link.exists():
                     link.symlink_to(final.name)
-    seq = model_folder(run_dir_of(work, scenario, "Seq", seed))
+    seq = model_folder(run_dir_of(work, scenario, "Seq", seed), configuration)
     baseline = preds / "random_init"
     if not baseline.is_dir():
-        _predict_folder(seq, INIT_CHECKPOINT, images, baseline)
+        _predict_folder(seq, INIT_CHECKPOINT, images, baseline, device)
     argv += ["--baseline", str(baseline)]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     return json.loads((report / "continual.json").read_text())
 
 
-def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, repeats: int = 7) -> dict:
+def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, configuration: str, device: str,
+                   repeats: int = 7) -> dict:
     """ODEx's final pool vs the sequential model: one patch forward and the whole test-folder prediction."""
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     nets, folders = {}, {}
     for name in ("Seq", "ODEx"):
-        folders[name] = model_folder(run_dir_of(work, scenario, name, seed))
+        folders[name] = model_folder(run_dir_of(work, scenario, name, seed), configuration)
         plans = PlansManager(str(folders[name] / "plans.json"))
-        cm = plans.get_configuration("2d")
+        cm = plans.get_configuration(configuration)
         dataset_json = json.loads((folders[name] / "dataset.json").read_text())
         ckpt = torch.load(folders[name] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         net = trainer_class(ckpt["trainer_name"]).build_network_architecture(
             plans, cm, 1, len(dataset_json["labels"]), enable_deep_supervision=False)
         net.load_state_dict(ckpt["network_weights"])
-        nets[name] = net.eval()
-    x = torch.randn(1, 1, *cm.patch_size)
+        nets[name] = net.to(device).eval()
+    x = torch.randn(1, len(dataset_json["channel_names"]), *cm.patch_size, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     forward = {n: [] for n in nets}
     with torch.inference_mode():
         for n in nets:
             nets[n](x)  # warm-up
         for _ in range(repeats):
             for n, net in nets.items():
+                sync()
                 t0 = time.perf_counter()
                 net(x)
+                sync()
                 forward[n].append(time.perf_counter() - t0)
     predict = {n: [] for n in nets}
     for r in range(2):
         for n in nets:
             predict[n].append(_predict_folder(folders[n], "checkpoint_final.pth", dataset_dir / "imagesTs",
-                                              work / "timing" / scenario / f"seed{seed}" / n / str(r)))
+                                              work / "timing" / scenario / f"seed{seed}" / n / str(r), device))
     med = {n: statistics.median(v) for n, v in forward.items()}
     pmed = {n: statistics.median(v) for n, v in predict.items()}
     return {"forward_s": med, "predict_s": pmed, "forward_ratio": med["ODEx"] / med["Seq"],
@@ -293,6 +337,11 @@ def _median_or_nan(values: list[float | None]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _peak_mb(run: dict) -> float:
+    """Peak GPU memory of a CUDA run, else peak resident memory."""
+    return run.get("peak_gpu_mb", run["peak_rss_mb"])
+
+
 def summarize(scenarios: list[str], methods: list[str], seeds: list[int], reports: dict, runs: dict,
               costs: dict) -> dict:
     table: dict = {}
@@ -304,7 +353,7 @@ def summarize(scenarios: list[str], methods: list[str], seeds: list[int], report
             row = table[sc][m] = {
                 "pool_size": [t["pool_size"] for t in tr],
                 "train_ratio": statistics.median(t["train_s"] / q["train_s"] for t, q in zip(tr, seq)),
-                "memory_ratio": statistics.median(t["peak_rss_mb"] / q["peak_rss_mb"] for t, q in zip(tr, seq)),
+                "memory_ratio": statistics.median(_peak_mb(t) / _peak_mb(q) for t, q in zip(tr, seq)),
                 "train_s": statistics.median(t["train_s"] for t in tr),
                 "iteration_ratio": statistics.median(t["median_iteration_s"] / q["median_iteration_s"]
                                                      for t, q in zip(tr, seq)),
@@ -370,14 +419,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_train":
         p = argparse.ArgumentParser()
-        for flag, typ in (("--workdir", Path), ("--scenario", str), ("--method", str), ("--seed", int),
-                          ("--epochs-per-stage", int), ("--iterations", int), ("--threads", int), ("--run-dir", Path)):
+        for flag, typ in (("--dataset-dir", Path), ("--scenario", str), ("--method", str), ("--seed", int),
+                          ("--epochs-per-stage", int), ("--iterations", int), ("--threads", int), ("--run-dir", Path),
+                          ("--configuration", str), ("--device", str)):
             p.add_argument(flag, type=typ, required=True)
         return train_child(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("benchmarks/results/odex"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
+                   help="demo streams to build and run (default both)")
+    p.add_argument("--dataset", nargs="+", default=None, metavar="DATASET",
+                   help="run these raw datasets' stream.json instead of the demo streams (ids, names or paths; "
+                        "preprocessed for -c in $nnUNet_preprocessed)")
+    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("--device", default="cpu", help="device for training and prediction (default cpu; e.g. cuda)")
     p.add_argument("--methods", nargs="+", choices=list(BY_NAME), default=list(DEFAULT_METHODS))
     p.add_argument("--stages", type=int, default=4, help="stages of the demo streams (default 4; the paper has 5)")
     p.add_argument("--epochs-per-stage", type=int, default=4, help="epochs per stage (default 4)")
@@ -393,7 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     if "ODEx" not in methods:
         p.error("--methods must include ODEx")
     work = args.workdir.resolve()
-    folders = prepare_streams(work, args.scenarios, args.stages)
+    if args.dataset:
+        folders = prepare_datasets(args.dataset, args.configuration)
+    elif args.configuration != "2d":
+        p.error("the demo streams are 2d slabs: -c other than 2d needs --dataset")
+    else:
+        folders = prepare_streams(work, args.scenarios, args.stages)
+    args.scenarios = list(folders)
     t_start = time.perf_counter()
     runs: dict = {sc: {m: {} for m in methods} for sc in args.scenarios}
     reports: dict = {sc: {} for sc in args.scenarios}
@@ -402,17 +464,19 @@ def main(argv: list[str] | None = None) -> int:
     for i, (sc, seed, m) in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {sc} seed {seed}: {m} ({BY_NAME[m].trainer}, {args.epochs_per_stage} epochs x "
               f"{args.iterations} iterations per stage) ... ", end="", flush=True)
-        r = launch_training(work, sc, m, seed, args.epochs_per_stage, args.iterations, args.threads)
+        r = launch_training(work, sc, folders[sc], m, seed, args.epochs_per_stage, args.iterations, args.threads,
+                            args.configuration, args.device)
         runs[sc][m][seed] = r
-        print(f"{r['train_s']:.0f} s, peak {r['peak_rss_mb']:.0f} MB, pool {r['pool_size']}", flush=True)
+        print(f"{r['train_s']:.0f} s, peak {_peak_mb(r):.0f} MB, pool {r['pool_size']}", flush=True)
     for sc in args.scenarios:
         for seed in args.seeds:
             if not args.timing_only:
                 print(f"evaluating {sc} seed {seed} (nnext evaluate-continual)", flush=True)
                 reports[sc][seed] = evaluate_seed(work, sc, folders[sc], methods, seed,
-                                                  {m: runs[sc][m][seed] for m in methods})
+                                                  {m: runs[sc][m][seed] for m in methods}, args.configuration,
+                                                  args.device)
             print(f"timing inference ({sc} seed {seed})", flush=True)
-            costs[sc][seed] = inference_cost(work, sc, folders[sc], seed)
+            costs[sc][seed] = inference_cost(work, sc, folders[sc], seed, args.configuration, args.device)
     table = summarize(args.scenarios, methods, args.seeds, None if args.timing_only else reports, runs, costs)
     if not args.timing_only:
         plot(table, methods, work / "odex_benchmark.png")

@@ -28,7 +28,8 @@ from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
 DEMOS: dict[str, tuple[str, int]] = {"transformed": ("transformed", 950), "shifting-source": ("shifting_source", 951)}
 
 
-def _dataset(value: str, raw: str | None) -> Path:
+def resolve_dataset(value: str, raw: str | None = None) -> Path:
+    """A raw dataset folder from a path, an id (``501``) or a folder name in ``raw`` (default ``$nnUNet_raw``)."""
     path = Path(value)
     if path.is_dir():
         return path
@@ -72,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     pre = os.environ.get("nnUNet_preprocessed")
     if args.action == "shifting-source":
-        folder = _dataset(args.dataset, args.raw_root)
+        folder = resolve_dataset(args.dataset, args.raw_root)
         stream_scenarios.shifting_source_stream(folder, args.order, args.stages, args.val_fraction, args.seed,
                                                 args.group_by, args.overwrite, pre, args.stratify_by)
     elif args.action == "transformed":
-        source = _dataset(args.dataset, args.raw_root)
+        source = resolve_dataset(args.dataset, args.raw_root)
         folder = stream_scenarios.transformed_stream(
             source, args.new_id, args.raw_root or source.parent, args.name, args.domain, args.stages,
             args.val_fraction, args.seed, args.group_by, args.overwrite, pre, _progress, args.stratify_by,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         folder = build_demo_stream(scenario, args.id or default_id, resolve_raw_root(args.raw_root), args.seed,
                                    args.overwrite, pre, args.stages)
     else:
-        folder = _dataset(args.dataset, args.raw_root)
+        folder = resolve_dataset(args.dataset, args.raw_root)
         stream = read_stream(folder)
         stream.check_cases(_listed(folder, "imagesTr"), _listed(folder, "imagesTs"))
         print(f"{stream.source}: {len(stream)} stages, every case found")
