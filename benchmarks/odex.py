@@ -99,9 +99,13 @@ def prepare_streams(work: Path, scenarios: list[str], num_stages: int | None = N
         existing = sorted(raw.glob(f"Dataset{dataset_id}_*"))
         if existing:
             dataset_dir = existing[0]
-            have = len(read_stream(dataset_dir / "stream.json"))
-            if num_stages is not None and have != num_stages:
-                raise SystemExit(f"{dataset_dir} holds a {have}-stage stream, not {num_stages}: use another --workdir")
+            stream = read_stream(dataset_dir / "stream.json")
+            if num_stages is not None and len(stream) != num_stages:
+                raise SystemExit(f"{dataset_dir} holds a {len(stream)}-stage stream, not {num_stages}: use another "
+                                 f"--workdir")
+            if "stratify_by" not in stream.extra:  # built before the stages shared their anatomy (commit 97cbd31)
+                raise SystemExit(f"{dataset_dir} holds a demo stream with randomly dealt slabs (built by an older "
+                                 f"version): use another --workdir")
         else:
             dataset_dir = build_demo_stream(scenario.replace("-", "_"), dataset_id, raw,
                                             num_stages=num_stages or NUM_STAGES)
@@ -117,11 +121,13 @@ def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]
     ``configuration``; keyed by the folder name (the benchmark's scenario name)."""
     from nnunet_ext.cli.main import UserError
     from nnunet_ext.cli.stream import resolve_dataset
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_ext.streams import read_stream
 
     pre_root = os.environ.get("nnUNet_preprocessed")
     if not pre_root:
-        raise SystemExit("--dataset needs $nnUNet_raw and $nnUNet_preprocessed (the stock nnU-Net variables)")
+        raise SystemExit("--dataset needs $nnUNet_preprocessed (and $nnUNet_raw for ids and names), the stock nnU-Net "
+                         "variables")
     folders = {}
     for dataset in datasets:
         try:
@@ -130,10 +136,11 @@ def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]
             raise SystemExit(str(e)) from None
         read_stream(folder)  # a dataset without a valid stream.json fails here, naming the file
         plans = Path(pre_root) / folder.name / "nnUNetPlans.json"
-        config = json.loads(plans.read_text())["configurations"].get(configuration) if plans.is_file() else None
-        if config is None or not (plans.parent / config.get("data_identifier", f"nnUNetPlans_{configuration}")).is_dir():
+        manager = PlansManager(str(plans)) if plans.is_file() else None
+        known = manager is not None and configuration in manager.available_configurations
+        if not known or not (plans.parent / manager.get_configuration(configuration).data_identifier).is_dir():
             raise SystemExit(f"{folder.name} is not preprocessed for {configuration!r} in {pre_root}: run "
-                             f"nnUNetv2_plan_and_preprocess -d {folder.name[7:10]} -c {configuration} first")
+                             f"nnUNetv2_plan_and_preprocess -d DATASET_ID -c {configuration} first")
         folders[folder.name] = folder
     return folders
 
@@ -190,6 +197,7 @@ def train_child(args: argparse.Namespace) -> int:
     pool_size = len(trainer.network.experts) if hasattr(trainer.network, "experts") else 1
     out = {"method": method.name, "trainer": method.trainer, "scenario": args.scenario, "seed": args.seed,
            "epochs_per_stage": args.epochs_per_stage, "iterations_per_epoch": args.iterations,
+           "configuration": args.configuration, "device": args.device,
            "train_s": train_s, "iterations": len(steps),
            "median_iteration_s": statistics.median(t for _, t in steps[3:]),
            "stage_hooks_s": sum(t for calls in hooks for _, t in calls),
@@ -204,8 +212,14 @@ def launch_training(work: Path, scenario: str, dataset_dir: Path, method: str, s
                     iterations: int, threads: int, configuration: str, device: str) -> dict:
     """Run :func:`train_child` in a child process; adds its peak resident memory (MB) to ``train.json``."""
     run_dir = run_dir_of(work, scenario, method, seed)
-    if (run_dir / "train.json").is_file():
-        return json.loads((run_dir / "train.json").read_text())
+    if (run_dir / "train.json").is_file():  # a finished run is reused if it ran with these settings
+        done = json.loads((run_dir / "train.json").read_text())
+        wanted = {"epochs_per_stage": epochs_per_stage, "iterations_per_epoch": iterations,
+                  "configuration": configuration, "device": device}
+        have = {k: done.get(k, {"configuration": "2d", "device": "cpu"}.get(k)) for k in wanted}
+        if have != wanted:
+            raise SystemExit(f"{run_dir} ran with {have}, not {wanted}: use another --workdir")
+        return done
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
     for stale in (work / "reports" / scenario / f"seed{seed}" / "predictions" / method,
@@ -298,7 +312,7 @@ def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, conf
         dataset_json = json.loads((folders[name] / "dataset.json").read_text())
         ckpt = torch.load(folders[name] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         net = trainer_class(ckpt["trainer_name"]).build_network_architecture(
-            plans, cm, 1, len(dataset_json["labels"]), enable_deep_supervision=False)
+            plans, cm, len(dataset_json["channel_names"]), len(dataset_json["labels"]), enable_deep_supervision=False)
         net.load_state_dict(ckpt["network_weights"])
         nets[name] = net.to(device).eval()
     x = torch.randn(1, len(dataset_json["channel_names"]), *cm.patch_size, device=device)
@@ -371,14 +385,15 @@ def summarize(scenarios: list[str], methods: list[str], seeds: list[int], report
     return table
 
 
-def markdown(table: dict, methods: list[str]) -> str:
+def markdown(table: dict, methods: list[str], runs: dict) -> str:
     def cell(v: tuple[float, float] | None) -> str:
         return "n/a" if v is None or np.isnan(v[0]) else f"{v[0]:.3f} ± {v[1]:.3f}"
 
     lines = []
     for sc, rows in table.items():
+        memory = "peak GPU memory" if "peak_gpu_mb" in next(iter(runs[sc]["Seq"].values())) else "peak memory"
         lines += [f"### {sc}", "", "| method | Dice | BWT | FWT | stage gain | pool size per seed | train time / Seq "
-                  "| iteration time / Seq | peak memory / Seq |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"| iteration time / Seq | {memory} / Seq |", "|---|---|---|---|---|---|---|---|---|"]
         for m in methods:
             r = rows[m]
             joint = not BY_NAME[m].stream
@@ -449,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ODEx" not in methods:
         p.error("--methods must include ODEx")
     work = args.workdir.resolve()
+    if args.dataset and {"--scenarios", "--stages"} & {a.split("=")[0] for a in argv}:
+        p.error("--scenarios and --stages choose and build demo streams; with --dataset the streams are the "
+                "datasets' own")
     if args.dataset:
         folders = prepare_datasets(args.dataset, args.configuration)
     elif args.configuration != "2d":
@@ -482,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(table, methods, work / "odex_benchmark.png")
     machine = machine_facts()
     total_min = (time.perf_counter() - t_start) / 60
-    md = markdown(table, methods)
+    md = markdown(table, methods, runs)
     header = (f"Command: python benchmarks/odex.py {' '.join(argv)}\nMachine: {machine}\nSeeds: {args.seeds}; "
               f"{args.epochs_per_stage} epochs x {args.iterations} iterations per stage (joint: the same total), "
               f"mean ± sd over seeds; {total_min:.1f} min (runs finished earlier are reused).\n\n")

@@ -74,14 +74,16 @@ def run(args: argparse.Namespace) -> int:
     pre = os.environ.get("nnUNet_preprocessed")
     if args.action == "shifting-source":
         folder = resolve_dataset(args.dataset, args.raw_root)
-        stream_scenarios.shifting_source_stream(folder, args.order, args.stages, args.val_fraction, args.seed,
-                                                args.group_by, args.overwrite, pre, args.stratify_by)
+        stream_scenarios.shifting_source_stream(
+            folder, args.order, num_stages=args.stages, val_fraction=args.val_fraction, seed=args.seed,
+            group_by=args.group_by, overwrite=args.overwrite, preprocessed_root=pre, stratify_by=args.stratify_by)
     elif args.action == "transformed":
         source = resolve_dataset(args.dataset, args.raw_root)
         folder = stream_scenarios.transformed_stream(
-            source, args.new_id, args.raw_root or source.parent, args.name, args.domain, args.stages,
-            args.val_fraction, args.seed, args.group_by, args.overwrite, pre, _progress, args.stratify_by,
-            args.repeat_units)
+            source, args.new_id, args.raw_root or source.parent, name=args.name, domain=args.domain,
+            num_stages=args.stages, val_fraction=args.val_fraction, seed=args.seed, group_by=args.group_by,
+            overwrite=args.overwrite, preprocessed_root=pre, progress=_progress, stratify_by=args.stratify_by,
+            repeat_units=args.repeat_units)
     elif args.action == "demo":
         from nnunet_ext.dataset_conversion.demo_stream import build_demo_stream
 
@@ -106,12 +108,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="per stage, fraction of training units held out as val (default 0.2)")
     p.add_argument("--group-by", choices=["subject", "case"], default="subject",
                    help="unit dealt to stages (default subject; 'case' only for slabs of one volume)")
-    p.add_argument("--stratify-by", default=None, metavar="FIELD",
-                   help="numeric domains.json case field (e.g. slab): spread each stage's units over its range "
-                        "instead of dealing them at random")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing stream.json / dataset")
+
+
+def _stratify(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    p.add_argument("--stratify-by", default=None, metavar="FIELD",
+                   help="numeric domains.json case field (e.g. slab): spread each stage's units over its range "
+                        "instead of dealing them at random")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -124,14 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--order", nargs="+", default=None, metavar="DOMAIN",
                    help="source domains in stream order (default: every real domain with training cases)")
+    _stratify(p)
     _common(p)
     p = sub.add_parser("transformed", help="one domain through progressively stronger TorchIO transforms (new dataset)")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("new_id", type=int, metavar="NEW_ID", help="id of the new dataset")
     p.add_argument("--name", default=None, help="new dataset name after DatasetXXX_ (default <name>Transformed)")
     p.add_argument("--domain", default=None, help="source domain (default: the only real domain)")
-    p.add_argument("--repeat-units", action="store_true",
-                   help="every stage gets every training unit through its own transform (for slabs of one volume)")
+    units = p.add_mutually_exclusive_group()
+    units.add_argument("--repeat-units", action="store_true",
+                       help="every stage gets every training unit through its own transform (for slabs of one volume)")
+    _stratify(units)
     _common(p)
     p = sub.add_parser("demo", help="small embedded-data stream (MNI152 / Colin27) for tests and the benchmark")
     p.add_argument("scenario", choices=list(DEMOS))

@@ -38,7 +38,8 @@ strength ``s = k / (S - 1)`` (stage 0 is the original data, copied unchanged) an
 
 The training units are dealt evenly (seeded) to the stages and each unit's cases are written through its
 stage's transform (``repeat_units=True``: every stage gets every training unit, each stage through its own
-transform, so stages differ only in the transform; meant for one volume cut into slabs); **every** test case of the source is written through **every** stage's transform, as
+transform, so stages differ only in the transform; meant for one volume cut into slabs); **every** test
+case of the source is written through **every** stage's transform, as
 stage ``k``'s test set (test cases of one subject therefore appear, transformed differently, in every
 stage's test list; they are never trained on). Everything goes into a **new** dataset
 ``DatasetXXX_Name`` (case ids ``s<k>_<case>``; domains ``<source>_stage<k>``, ``simulated: true`` from
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -132,10 +134,12 @@ def _deal(units: dict[str, list[str]], share: Sequence[float], rng: np.random.Ge
     values = {}
     for unit, cases in units.items():
         found = [meta.cases[c].get(stratify_by) for c in cases]
-        bad = [c for c, v in zip(cases, found) if isinstance(v, bool) or not isinstance(v, (int, float))]
+        bad = [c for c, v in zip(cases, found)
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
         if bad:
-            raise ValueError(f"{source}: stratify_by={stratify_by!r} needs a number for every case, but case "
-                             f"{bad[0]!r} has {meta.cases[bad[0]].get(stratify_by)!r}; pass another field or none")
+            raise ValueError(f"{source}: stratify_by={stratify_by!r} (--stratify-by) needs a finite number for every "
+                             f"case, but case {bad[0]!r} has {meta.cases[bad[0]].get(stratify_by)!r}; set it in "
+                             f"domains.json or choose another field")
         values[unit] = float(np.mean(found))
     ordered = sorted(units, key=lambda u: (values[u], u))
     return deal_stratified(ordered, share, int(rng.integers(2**31)))
@@ -377,6 +381,9 @@ def transformed_stream(
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     folder = Path(folder)
+    if repeat_units and stratify_by is not None:
+        raise ValueError("stratify_by (--stratify-by) has no effect with repeat_units (--repeat-units): every stage "
+                         "gets every unit; pass one of them")
     dj = _dataset_json(folder)
     meta = load_domains(folder)
     _check_int(num_stages, "num_stages", 1)
@@ -413,10 +420,8 @@ def transformed_stream(
                          f"every image and label (labelsTs too) of domain {domain!r}")
 
     rng = np.random.default_rng(seed)
+    shared_val: set[str] | None = None  # repeat_units: one val set for every stage
     if repeat_units:
-        if stratify_by is not None:
-            raise ValueError("stratify_by has no effect with repeat_units=True (every stage gets every unit); "
-                             "pass one of them")
         groups = [sorted(units["train"]) for _ in range(num_stages)]
         shared_val = _val_split(groups[0], val_fraction, seed)
     else:
@@ -462,7 +467,7 @@ def transformed_stream(
                 progress(index + 1, len(jobs), new_case)
         stages = []
         for k, group in enumerate(groups):
-            val = shared_val if repeat_units else _val_split(group, val_fraction, seed + k)
+            val = shared_val if shared_val is not None else _val_split(group, val_fraction, seed + k)
             stages.append(Stage(
                 k,
                 tuple(sorted(f"s{k}_{c}" for u in group if u not in val for c in units["train"][u])),

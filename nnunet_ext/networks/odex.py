@@ -36,6 +36,7 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -307,23 +308,22 @@ class ODExPool(nn.Module):
             raise RuntimeError(f"expert {index} never reached its first normalisation layer")
         return norm_input_features(z)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
+    def _per_expert(self, x: torch.Tensor, measure: Callable[[ExpertHistory, torch.Tensor], torch.Tensor]) -> list:
+        """``measure(history, z)`` for every expert, with one feature pass when there is a frozen reference."""
         if len(self.reference):  # one feature space: compute the features once
             z = self.features(x, 0)
-            return torch.stack([h.score(z) for h in self.histories], dim=1)
-        return torch.stack([self.histories[m].score(self.features(x, m)) for m in range(len(self))], dim=1)
+            return [measure(h, z) for h in self.histories]
+        return [measure(self.histories[m], self.features(x, m)) for m in range(len(self))]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each sample's score ``(B, M)`` under each expert's history (``inf``: empty history)."""
+        return torch.stack(self._per_expert(x, ExpertHistory.score), dim=1)
 
     def distances(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per expert, each sample's normalised distance to each Gaussian of its history: ``M`` x ``(B, H_m)``.
-
-        The mean over the history is the expert's score (:meth:`scores`); the parts say which Gaussian a
-        score comes from (why a stage did or did not look new).
+        """Per expert, each sample's normalised distance to each Gaussian of its history: ``M`` x ``(B, H_m)``,
+        Gaussians in the order they were added. Their mean over the history is the expert's score (:meth:`scores`).
         """
-        if len(self.reference):
-            z = self.features(x, 0)
-            return [h.distances(z) for h in self.histories]
-        return [self.histories[m].distances(self.features(x, m)) for m in range(len(self))]
+        return self._per_expert(x, ExpertHistory.distances)
 
     def thresholds(self) -> torch.Tensor:
         """Each expert's ``xi = 2 mu`` ``(M,)``."""

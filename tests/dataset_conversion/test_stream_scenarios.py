@@ -124,22 +124,35 @@ def test_deal_stratified_spreads_every_stage_over_the_order() -> None:
         deal_stratified(units, [0, 0])
 
 
-def test_shifting_source_stratified_by_a_case_field(dataset: Path) -> None:
+def test_shifting_source_stratified_by_a_case_field(dataset: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     meta = load_domains(dataset)
     for case, m in meta.cases.items():
         m["height"] = int(m["subject"][1])
     save_domains(meta, dataset)
-    stream = shifting_source_stream(dataset, ["a", "b"], num_stages=2, seed=0, val_fraction=0,
+    stream = shifting_source_stream(dataset, ["a", "b"], num_stages=3, seed=0, val_fraction=0,
                                     stratify_by="height")
-    heights = [sorted({meta.cases[c]["height"] for c in s.train if meta.cases[c]["domain"] == d})
-               for s, d in zip(stream.stages, "ab")]
-    # a: 6 of 8 subjects in stage 0 (weights 1 and 0 after the mix), spread over 0..7, not a random block
-    assert heights[0][0] <= 1 and heights[0][-1] >= 6 and heights[1][0] <= 1 and heights[1][-1] >= 6
+    heights = [sorted({meta.cases[c]["height"] for c in s.train if meta.cases[c]["domain"] == "a"})
+               for s in stream.stages]
+    # source a's 8 training subjects (heights 0..7) go 5 / 3 / 0 to the stages (weights 1, 1/2, 0); each
+    # stage's share spreads over the heights instead of being a random subset
+    assert [len(h) for h in heights] == [5, 3, 0] and sorted(heights[0] + heights[1]) == list(range(8))
+    for h in heights[:2]:
+        assert h[0] <= 1 and h[-1] >= 6 and max(np.diff(h)) <= 3
     assert stream.extra["stratify_by"] == "height"
-    del meta.cases["b3"]["height"]
-    save_domains(meta, dataset)
-    with pytest.raises(ValueError, match="stratify_by='height' needs a number for every case, but case 'b3'"):
-        shifting_source_stream(dataset, ["a", "b"], 2, overwrite=True, stratify_by="height")
+    # the CLI flag
+    monkeypatch.setenv("nnUNet_raw", str(dataset.parent))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert main(["stream", "shifting-source", str(dataset), "--stages", "3", "--val-fraction", "0",
+                 "--stratify-by", "height", "--overwrite"]) == 0
+    assert read_stream(dataset).stages == stream.stages
+    for bad in (None, float("nan")):
+        meta.cases["b3"]["height"] = bad
+        save_domains(meta, dataset)
+        with pytest.raises(ValueError, match="stratify_by='height' .* needs a finite number for every case, but "
+                                             "case 'b3'"):
+            shifting_source_stream(dataset, ["a", "b"], 2, overwrite=True, stratify_by="height")
+    capsys.readouterr()
 
 
 def test_stage_transform_parameters() -> None:
@@ -205,8 +218,10 @@ def test_transformed_repeat_units_gives_every_stage_every_unit(dataset: Path) ->
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / f"{stream.stages[2].train[0]}_0000.nii.gz")))
     assert not np.allclose(a, b)                                                            # own transform per stage
     assert stream.extra["repeat_units"] is True
-    with pytest.raises(ValueError, match="stratify_by has no effect with repeat_units"):
+    with pytest.raises(ValueError, match=r"stratify_by \(--stratify-by\) has no effect with repeat_units"):
         transformed_stream(dataset, 804, domain="b", repeat_units=True, stratify_by="slab")
+    with pytest.raises(SystemExit):  # argparse: the two flags exclude each other
+        main(["stream", "transformed", str(dataset), "805", "--domain", "b", "--repeat-units", "--stratify-by", "x"])
 
 
 def test_cli_stream_commands_and_check(dataset: Path, capsys: pytest.CaptureFixture[str],

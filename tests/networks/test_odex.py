@@ -86,6 +86,8 @@ def test_each_patch_goes_to_the_closest_expert_and_only_it_runs(dims):
     mixed = torch.cat([a[:2], b[:1]])
     choices, normalised = pool.select(mixed)
     assert choices == [0, 0, 1] and normalised.shape == (3, 2)
+    # without a reference each expert measures with its own features; the scores are the parts' means
+    torch.testing.assert_close(torch.stack([d.mean(1) for d in pool.distances(mixed)], dim=1), pool.scores(mixed))
     with torch.no_grad():
         out = pool(mixed)
         torch.testing.assert_close(out[:2], pool.experts[0](a[:2]))
@@ -200,6 +202,10 @@ def test_with_a_reference_a_trained_child_wins_on_its_own_data():
     assert torch.equal(fresh.features(b, 0), fresh.features(b, child))  # one feature space
     fresh.eval()
     assert fresh.select(a)[0] == [0] * len(a) and fresh.select(b)[0] == [child] * len(b)
+    # the parts behind the scores: the child's history is its parent's Gaussian (a) plus its own (b)
+    parts = fresh.distances(b)
+    assert [tuple(d.shape) for d in parts] == [(len(b), 1), (len(b), 2)]
+    torch.testing.assert_close(torch.stack([d.mean(1) for d in parts], dim=1), fresh.scores(b))
     restored = ODExPool(unet(2, seed=3))
     restored.load_state_dict(fresh.state_dict())  # the reference travels in the state dict
     assert len(restored.reference) == 1 and torch.equal(restored.features(b, 1), fresh.features(b, 1))
