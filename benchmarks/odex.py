@@ -381,19 +381,20 @@ def summarize(scenarios: list[str], methods: list[str], seeds: list[int], report
         table[sc]["_inference"] = {
             "forward_ratio": statistics.median(costs[sc][s]["forward_ratio"] for s in seeds),
             "predict_ratio": statistics.median(costs[sc][s]["predict_ratio"] for s in seeds),
+            "memory": "peak GPU memory" if "peak_gpu_mb" in runs[sc]["Seq"][seeds[0]] else "peak memory",
             "model_mb": costs[sc][seeds[0]]["model_mb"]}
     return table
 
 
-def markdown(table: dict, methods: list[str], runs: dict) -> str:
+def markdown(table: dict, methods: list[str]) -> str:
     def cell(v: tuple[float, float] | None) -> str:
         return "n/a" if v is None or np.isnan(v[0]) else f"{v[0]:.3f} ± {v[1]:.3f}"
 
     lines = []
     for sc, rows in table.items():
-        memory = "peak GPU memory" if "peak_gpu_mb" in next(iter(runs[sc]["Seq"].values())) else "peak memory"
         lines += [f"### {sc}", "", "| method | Dice | BWT | FWT | stage gain | pool size per seed | train time / Seq "
-                  f"| iteration time / Seq | {memory} / Seq |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"| iteration time / Seq | {rows['_inference']['memory']} / Seq |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for m in methods:
             r = rows[m]
             joint = not BY_NAME[m].stream
@@ -500,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(table, methods, work / "odex_benchmark.png")
     machine = machine_facts()
     total_min = (time.perf_counter() - t_start) / 60
-    md = markdown(table, methods, runs)
+    md = markdown(table, methods)
     header = (f"Command: python benchmarks/odex.py {' '.join(argv)}\nMachine: {machine}\nSeeds: {args.seeds}; "
               f"{args.epochs_per_stage} epochs x {args.iterations} iterations per stage (joint: the same total), "
               f"mean ± sd over seeds; {total_min:.1f} min (runs finished earlier are reused).\n\n")
