@@ -4,28 +4,27 @@
     nnext demo-data colin-skullstrip --profile tiny # -> $nnUNet_raw/Dataset991_DemoColinSkullStrip
     nnext demo-data all --raw-root DIR --overwrite
 
-Each dataset has real training slabs, held-out real test slabs and one simulated-scanner copy of the
-test slabs per severity; ``domains.json`` says which case belongs to which domain. See
-``nnunet_ext.dataset_conversion.demo_data`` for sources, labels and the artefacts.
+The slab datasets have real training slabs, held-out real test slabs and one simulated-scanner copy of
+the test slabs per severity; ``domains.json`` says which case belongs to which domain. The registry of
+datasets, their default ids and builders is ``nnunet_ext.dataset_conversion.demo_data``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
 
-#: CLI name -> (builder name, default dataset id)
-DATASETS: dict[str, tuple[str, int]] = {
-    "mni-tissue": ("mni_tissue", 990),
-    "colin-skullstrip": ("colin_skullstrip", 991),
-}
+#: CLI flag -> builder option, passed only to datasets that take it
+_OPTION_FLAGS: dict[str, str] = {"severities": "--severities"}
 
 
-def _summary(folder: Path) -> str:
+def _summary(folder: Path, description: str) -> str:
     """Cases per domain and split, and the grid of the cases, read back from what was written."""
     import SimpleITK as sitk
 
@@ -38,73 +37,94 @@ def _summary(folder: Path) -> str:
     reader.ReadImageInformation()
     size = " x ".join(str(s) for s in reader.GetSize())
     spacing = " x ".join(f"{s:g}" for s in reader.GetSpacing())
-    lines = [f"wrote {folder}", f"  cases: {size} voxels of {spacing} mm (axial slabs)"]
+    lines = [f"wrote {folder}", f"  cases: {size} voxels of {spacing} mm ({description})"]
     for domain, info in meta.domains.items():
         splits = ", ".join(f"{counts[(domain, s)]} {s}" for s in ("train", "test") if counts[(domain, s)])
-        kind = f"simulated from {info.get('derived_from')}" if info.get("simulated") else "real"
+        if not info.get("simulated"):
+            kind = "real"
+        else:
+            kind = f"simulated from {info['derived_from']}" if info.get("derived_from") else "simulated"
         lines.append(f"  {domain:<28} {splits:<18} ({kind})")
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from nnunet_ext.dataset_conversion.demo_data import (
-        available_demo_datasets,
-        build_demo_dataset,
-        demo_dataset_folder,
-    )
+def step_printer() -> Callable[[str], None]:
+    """A progress callback printing one plain line per step with the elapsed time, on stderr."""
+    start = time.perf_counter()
 
+    def show(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_ext.dataset_conversion.demo_data import DEMO_DATASETS, available_demo_datasets
+
+    entries = {e.cli_name: e for e in DEMO_DATASETS.values()}
     if args.dataset == "all" and args.id is not None:
-        raise ValueError("--id names one dataset; with 'all' the default ids are used (990, 991). "
+        defaults = ", ".join(str(e.default_id) for e in entries.values())
+        raise ValueError(f"--id names one dataset; with 'all' the default ids are used ({defaults}). "
                          "Build datasets one at a time to choose ids.")
     raw_root = resolve_raw_root(args.raw_root)
-    chosen = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    chosen = list(entries) if args.dataset == "all" else [args.dataset]
+    given = {option: getattr(args, option) for option in _OPTION_FLAGS if getattr(args, option) is not None}
+    for cli_name in chosen if args.dataset != "all" else ():
+        entry = entries[cli_name]
+        wrong = [_OPTION_FLAGS[o] for o in given if o not in entry.options]
+        if wrong:
+            raise ValueError(f"{' '.join(wrong)} does not apply to {cli_name}; its options are "
+                             f"{[_OPTION_FLAGS[o] for o in entry.options]}")
+        if args.profile is not None and args.profile not in entry.profiles:
+            raise ValueError(f"--profile {args.profile} does not apply to {cli_name}; choose one of "
+                             f"{list(entry.profiles)}")
     available = available_demo_datasets()
-    missing = {c: available[DATASETS[c][0]] for c in chosen if available[DATASETS[c][0]] is not None}
+    missing = {c: available[entries[c].name] for c in chosen if available[entries[c].name] is not None}
     if args.dataset != "all" and missing:
         raise UserError(missing[args.dataset])
     todo = [c for c in chosen if c not in missing]
-    ids = {c: DATASETS[c][1] if args.id is None else args.id for c in todo}
-    targets = {c: demo_dataset_folder(DATASETS[c][0], ids[c], raw_root) for c in todo}
+    targets = {c: entries[c].folder(entries[c].default_id if args.id is None else args.id, raw_root) for c in todo}
     if not args.overwrite:
         existing = [str(t) for t in targets.values() if t.exists()]
         if existing:
             raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     for cli_name in todo:
-        folder = build_demo_dataset(
-            DATASETS[cli_name][0],
-            ids[cli_name],
-            raw_root,
-            seed=args.seed,
-            profile=args.profile,
-            severities=tuple(args.severities),
-            overwrite=args.overwrite,
-        )
-        print(_summary(folder))
+        entry = entries[cli_name]
+        profile = args.profile if args.profile in entry.profiles else None
+        options = {o: tuple(v) if isinstance(v, list) else v for o, v in given.items() if o in entry.options}
+        folder = entry.build(args.id, raw_root, seed=args.seed, profile=profile, overwrite=args.overwrite,
+                             progress=step_printer(), **options)
+        print(_summary(folder, entry.description))
     for cli_name, reason in missing.items():
         print(f"nnext demo-data: skipped {cli_name}: {reason}", file=sys.stderr)
     return 1 if missing else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from nnunet_ext.dataset_conversion.demo_data import PROFILES, SEVERITIES
+    from nnunet_ext.dataset_conversion.demo_data import DEMO_DATASETS, SEVERITIES
 
+    entries = list(DEMO_DATASETS.values())
+    profiles = list(dict.fromkeys(p for e in entries for p in e.profiles))
     p = subparsers.add_parser(
         "demo-data",
         help="write demo nnU-Net raw datasets (real MRI + simulated scanner domains) into $nnUNet_raw",
-        description=__doc__,
+        description=__doc__ + "\ndatasets:\n" + "\n".join(
+            f"  {e.cli_name:<18} {e.description} (id {e.default_id}, profiles {'|'.join(e.profiles)})"
+            for e in entries),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", choices=[*DATASETS, "all"], help="which dataset ('all': every available one)")
+    p.add_argument("dataset", choices=[*(e.cli_name for e in entries), "all"],
+                   help="which dataset ('all': every available one)")
     p.add_argument("--id", type=int, default=None,
                    help="nnU-Net dataset id, 1..999 (default: " +
-                   ", ".join(f"{i} for {n}" for n, (_, i) in DATASETS.items()) + ")")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated scanner artefacts (default 0)")
-    p.add_argument("--profile", choices=list(PROFILES), default="demo",
-                   help="demo: 2 mm, fast CPU training (default); tiny: 4 mm, for end-to-end tests")
-    p.add_argument("--severities", nargs="*", choices=list(SEVERITIES), default=list(SEVERITIES),
-                   metavar="SEVERITY",
-                   help=f"simulated-scanner test domains to write, from {list(SEVERITIES)} (default: all; "
-                   "none: only the real domain)")
+                   ", ".join(f"{e.default_id} for {e.cli_name}" for e in entries) + ")")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random in the dataset (default 0)")
+    p.add_argument("--profile", choices=profiles, default=None,
+                   help="size profile (default: the dataset's first). Slab datasets: demo (2 mm, fast CPU "
+                   "training) or tiny (4 mm, for end-to-end tests)")
+    p.add_argument("--severities", nargs="*", choices=list(SEVERITIES), default=None, metavar="SEVERITY",
+                   help=f"slab datasets: simulated-scanner test domains to write, from {list(SEVERITIES)} "
+                   "(default: all; none: only the real domain)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
     p.set_defaults(func=run)
