@@ -2,11 +2,16 @@
 
     nnext demo-data mni-tissue                      # -> $nnUNet_raw/Dataset990_DemoMNITissue
     nnext demo-data colin-skullstrip --profile tiny # -> $nnUNet_raw/Dataset991_DemoColinSkullStrip
+    nnext demo-data brain-scanners [-d 992] [--subjects 24] [--seed 0] [--profile default|tiny]
+                                   [--figures DIR]  # -> $nnUNet_raw/Dataset992_DemoBrainScanners
     nnext demo-data all --raw-root DIR --overwrite
 
 The slab datasets have real training slabs, held-out real test slabs and one simulated-scanner copy of
-the test slabs per severity; ``domains.json`` says which case belongs to which domain. The registry of
-datasets, their default ids and builders is ``nnunet_ext.dataset_conversion.demo_data``.
+the test slabs per severity. brain-scanners has simulated subjects imaged on six simulated scanners (MR
+physics), train/val/test subjects and one single-source fold per scanner in splits_final.json; --figures
+draws it (an existing dataset is drawn without rebuilding unless --overwrite). ``domains.json`` says which
+case belongs to which domain. The registry of datasets, their default ids and builders is
+``nnunet_ext.dataset_conversion.demo_data``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from pathlib import Path
 
 from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
 
-#: CLI flag -> builder option, passed only to datasets that take it
-_OPTION_FLAGS: dict[str, str] = {"severities": "--severities"}
+#: builder option -> CLI flag; an option is passed only to datasets that take it
+_OPTION_FLAGS: dict[str, str] = {"severities": "--severities", "subjects": "--subjects"}
 
 
 def _summary(folder: Path, description: str) -> str:
@@ -58,6 +63,14 @@ def step_printer() -> Callable[[str], None]:
     return show
 
 
+def _draw(folder: Path, out_dir: Path) -> int:
+    from nnunet_ext.dataset_conversion.brain_scanners_figures import write_figures
+
+    for path in write_figures(folder, out_dir):
+        print(f"figure: {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from nnunet_ext.dataset_conversion.demo_data import DEMO_DATASETS, available_demo_datasets
 
@@ -69,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     raw_root = resolve_raw_root(args.raw_root)
     chosen = list(entries) if args.dataset == "all" else [args.dataset]
     given = {option: getattr(args, option) for option in _OPTION_FLAGS if getattr(args, option) is not None}
+    if args.figures is not None and args.dataset != "brain-scanners":
+        raise ValueError(f"--figures draws the brain-scanners dataset, not {args.dataset}; drop --figures or build "
+                         f"brain-scanners")
     for cli_name in chosen if args.dataset != "all" else ():
         entry = entries[cli_name]
         wrong = [_OPTION_FLAGS[o] for o in given if o not in entry.options]
@@ -84,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(missing[args.dataset])
     todo = [c for c in chosen if c not in missing]
     targets = {c: entries[c].folder(entries[c].default_id if args.id is None else args.id, raw_root) for c in todo}
+    if args.figures is not None and not args.overwrite and targets["brain-scanners"].is_dir():
+        return _draw(targets["brain-scanners"], Path(args.figures))
     if not args.overwrite:
         existing = [str(t) for t in targets.values() if t.exists()]
         if existing:
@@ -95,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         folder = entry.build(args.id, raw_root, seed=args.seed, profile=profile, overwrite=args.overwrite,
                              progress=step_printer(), **options)
         print(_summary(folder, entry.description))
+        if args.figures is not None:
+            _draw(folder, Path(args.figures))
     for cli_name, reason in missing.items():
         print(f"nnext demo-data: skipped {cli_name}: {reason}", file=sys.stderr)
     return 1 if missing else 0
@@ -115,16 +135,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", choices=[*(e.cli_name for e in entries), "all"],
                    help="which dataset ('all': every available one)")
-    p.add_argument("--id", type=int, default=None,
+    p.add_argument("-d", "--id", type=int, default=None,
                    help="nnU-Net dataset id, 1..999 (default: " +
                    ", ".join(f"{e.default_id} for {e.cli_name}" for e in entries) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random in the dataset (default 0)")
     p.add_argument("--profile", choices=profiles, default=None,
                    help="size profile (default: the dataset's first). Slab datasets: demo (2 mm, fast CPU "
-                   "training) or tiny (4 mm, for end-to-end tests)")
+                   "training) or tiny (4 mm, for end-to-end tests); brain-scanners: default (2 mm) or tiny (4 mm)")
     p.add_argument("--severities", nargs="*", choices=list(SEVERITIES), default=None, metavar="SEVERITY",
                    help=f"slab datasets: simulated-scanner test domains to write, from {list(SEVERITIES)} "
                    "(default: all; none: only the real domain)")
+    p.add_argument("--subjects", type=int, default=None, metavar="N",
+                   help="brain-scanners: number of simulated subjects, >= 4 (default: 24, tiny profile 6)")
+    p.add_argument("--figures", default=None, metavar="DIR",
+                   help="brain-scanners: write its figures (one subject under every scanner, several subjects "
+                   "under one) into DIR")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
     p.set_defaults(func=run)

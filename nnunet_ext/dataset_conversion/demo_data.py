@@ -10,6 +10,10 @@ commands, the tests and the benchmarks read ids and folders from here.
   (:mod:`~nnunet_ext.dataset_conversion.demo_slabs`).
 * ``colin_skullstrip`` (id 991, ``Dataset991_DemoColinSkullStrip``): brain mask of the Colin27 head, axial
   slabs of one head, the same simulated-scanner domains (needs Debian's mricron-data).
+* ``brain_scanners`` (id 992, ``Dataset992_DemoBrainScanners``): 24 simulated subjects (deformed MNI152
+  tissue maps, exact CSF/GM/WM labels) imaged on 6 simulated scanners made by MR physics, subject-disjoint
+  train/val/test subsets and one single-source fold per scanner
+  (:mod:`~nnunet_ext.dataset_conversion.brain_scanners`).
 
 The building blocks live beside this module: template files, loading and resampling in
 :mod:`~nnunet_ext.dataset_conversion.demo_sources`; the TorchIO artefacts of the slab datasets in
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nnunet_ext.dataset_conversion import demo_slabs
+from nnunet_ext.dataset_conversion import brain_scanners, demo_slabs
 from nnunet_ext.dataset_conversion.demo_artefacts import SEVERITIES, simulate_scanner
 from nnunet_ext.dataset_conversion.demo_slabs import PROFILES, DemoProfile
 from nnunet_ext.dataset_conversion.demo_sources import MRICRON_TEMPLATES, colin_files, mni_files
@@ -156,6 +160,13 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         description="brain mask of the Colin27 head, axial slabs of one head, TorchIO scanner domains",
         profiles=("demo", "tiny"), options=("severities",), sources=colin_files,
         writer=_slab_writer("colin_skullstrip"),
+    ),
+    "brain_scanners": DemoDataset(
+        name="brain_scanners", default_id=992, folder_suffix="DemoBrainScanners",
+        description="simulated subjects x 6 simulated scanners (MR physics), exact CSF/GM/WM labels, "
+                    "single-source folds",
+        profiles=tuple(brain_scanners.PROFILES), options=("subjects",), sources=mni_files,
+        writer=brain_scanners.write_brain_scanners,
     ),
 }
 
