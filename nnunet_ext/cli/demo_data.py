@@ -36,7 +36,8 @@ def _summary(folder: Path, description: str) -> str:
     from nnunet_ext.domains import load_domains
 
     meta = load_domains(folder)
-    counts = Counter((case["domain"], case["split"]) for case in meta.cases.values())
+    part = "subset" if all("subset" in case for case in meta.cases.values()) else "split"
+    counts = Counter((case["domain"], case[part]) for case in meta.cases.values())
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(next((folder / "imagesTr").glob("*_0000.nii.gz"))))
     reader.ReadImageInformation()
@@ -44,12 +45,18 @@ def _summary(folder: Path, description: str) -> str:
     spacing = " x ".join(f"{s:g}" for s in reader.GetSpacing())
     lines = [f"wrote {folder}", f"  cases: {size} voxels of {spacing} mm ({description})"]
     for domain, info in meta.domains.items():
-        splits = ", ".join(f"{counts[(domain, s)]} {s}" for s in ("train", "test") if counts[(domain, s)])
+        splits = ", ".join(f"{counts[(domain, s)]} {s}" for s in ("train", "val", "test") if counts[(domain, s)])
         if not info.get("simulated"):
             kind = "real"
         else:
             kind = f"simulated from {info['derived_from']}" if info.get("derived_from") else "simulated"
-        lines.append(f"  {domain:<28} {splits:<18} ({kind})")
+        lines.append(f"  {domain:<28} {splits:<24} ({kind})")
+    if meta.subjects:
+        volumes = [s["volumes"] for s in meta.subjects.values() if "volumes" in s]
+        brain = [v["brain_ml"] for v in volumes]
+        ventricles = [v["ventricles_ml"] for v in volumes]
+        lines.append(f"  {len(meta.subjects)} subjects: brain {min(brain):.0f}-{max(brain):.0f} ml, lateral ventricles "
+                     f"{min(ventricles):.1f}-{max(ventricles):.1f} ml (domains.json 'subjects')")
     return "\n".join(lines)
 
 

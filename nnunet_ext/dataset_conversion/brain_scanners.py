@@ -68,8 +68,8 @@ from nnunet_ext.core.mr_signal import (
 )
 from nnunet_ext.dataset_conversion import brain_subjects
 from nnunet_ext.dataset_conversion.common import CaseOut, DatasetSpec, check_id_unused, fingerprint, write_dataset
-from nnunet_ext.dataset_conversion.demo_sources import mni_files
-from nnunet_ext.dataset_conversion.demo_slabs import SLAB_SPECS, check_profile, check_seed
+from nnunet_ext.dataset_conversion.demo_slabs import check_profile, check_seed
+from nnunet_ext.dataset_conversion.demo_sources import MNI_LICENCE, MNI_REFERENCE, mni_files
 from nnunet_ext.dataset_conversion.splits import holdout_subjects, single_source_folds
 from nnunet_ext.domains import DomainMetadata, load_domains
 
@@ -196,8 +196,16 @@ def assign_subsets(subjects: list[str], seed: int) -> dict[str, str]:
 
 
 @dataclass
-class _Acquisition:
-    """The jittered settings of one image."""
+class Acquisition:
+    """The jittered settings of one image (recorded per case in ``domains.json``).
+
+    Attributes:
+        protocol: the scanner's protocol with TR, TE, TI and flip angle jittered.
+        noise_sigma: Rician noise sd (signal units).
+        gain: receiver gain factor on top of the scanner's scale.
+        bias_phase: phase of the bias field's standing wave.
+        noise_seed: seed of the image's noise.
+    """
 
     protocol: dict[str, float]
     noise_sigma: float
@@ -213,11 +221,12 @@ class _Acquisition:
         return rounded(asdict(self))
 
 
-def _acquisition(scanner: Scanner, rng: np.random.Generator) -> _Acquisition:
+def draw_acquisition(scanner: Scanner, rng: np.random.Generator) -> Acquisition:
+    """One image's jittered settings (:data:`JITTER`) drawn with ``rng``."""
     j = JITTER["protocol_times_and_flip"]
     protocol = {k: (v * (1 + rng.uniform(-j, j)) if k in _JITTERED else v) for k, v in scanner.protocol.items()}
     sigma = scanner.tissue_signals()["wm"] / scanner.snr * (1 + rng.uniform(-JITTER["noise_sigma"], JITTER["noise_sigma"]))
-    return _Acquisition(protocol, float(sigma), float(1 + rng.uniform(-JITTER["gain"], JITTER["gain"])),
+    return Acquisition(protocol, float(sigma), float(1 + rng.uniform(-JITTER["gain"], JITTER["gain"])),
                         float(rng.uniform(*JITTER["bias_phase"])), int(rng.integers(2**31)))
 
 
@@ -229,8 +238,8 @@ def _slice_model(scanner: Scanner, spacing_mm: float) -> dict[str, Any]:
             "coarser_than_output": thickness > spacing_mm}
 
 
-def image(subject: brain_subjects.Subject, scanner: Scanner, acquisition: _Acquisition,
-          template: brain_subjects.Template) -> np.ndarray:
+def image_subject(subject: brain_subjects.Subject, scanner: Scanner, acquisition: Acquisition,
+                  template: brain_subjects.Template) -> np.ndarray:
     """One subject imaged on one scanner: float32 ``(z, y, x)`` on the output grid (see the module docstring)."""
     from cornucopia import LowResSliceFinalTransform
     from cornucopia.base import FinalTransform
@@ -391,11 +400,11 @@ def _write(target: Path, files: dict[str, Path], seed: int, profile: str, count:
     cases = []
     for i, subject_name in enumerate(names):
         for k, (domain, scanner) in enumerate(SCANNERS.items()):
-            acquisition = _acquisition(scanner, np.random.default_rng([seed, 1, i, k]))
+            acquisition = draw_acquisition(scanner, np.random.default_rng([seed, 1, i, k]))
 
             def load(problems, subject_name=subject_name, scanner=scanner, acquisition=acquisition):
                 subject = cache.get(subject_name)
-                array = image(subject, scanner, acquisition, template)
+                array = image_subject(subject, scanner, acquisition, template)
                 return [array.transpose(2, 1, 0)], subject.labels().transpose(2, 1, 0), affine, {}
 
             cases.append(CaseOut(f"{domain}_{subject_name}", "test" if subset[subject_name] == "test" else "train",
@@ -405,7 +414,6 @@ def _write(target: Path, files: dict[str, Path], seed: int, profile: str, count:
     folds = single_source_folds({c.case_id: c.domain for c in training}, {c.case_id: c.subject for c in training},
                                 {c.case_id: c.extra["subset"] for c in training}, list(SCANNERS))
     options = {"seed": seed, "profile": profile, "subjects": count, "spacing_mm": settings.spacing_mm}
-    mni = SLAB_SPECS["mni_tissue"]
     spec = DatasetSpec(
         target=target, channel_names={"0": "T1"}, labels=dict(LABELS), meta=meta,
         description=(
@@ -415,7 +423,7 @@ def _write(target: Path, files: dict[str, Path], seed: int, profile: str, count:
             f"scanners (signal equations, literature tissue values, receive bias, slice profile, Rician noise, "
             f"vendor scale). Every domain is simulated. Subjects are split into train/val/test; splits_final.json "
             f"has one single-source fold per scanner. See domains.json for every parameter."),
-        reference=mni.reference, licence=mni.licence, converter="brain_scanners", options=options,
+        reference=MNI_REFERENCE, licence=MNI_LICENCE, converter="brain_scanners", options=options,
         digest=fingerprint("brain_scanners", options, files.values(), Path(next(iter(files.values()))).parent),
         splits=folds, record={"scanners": list(SCANNERS), "subsets": subset, "population": population})
     write_dataset(spec, cases, overwrite=overwrite)

@@ -49,8 +49,6 @@ import torch.nn.functional as F
 
 from nnunet_ext.dataset_conversion.demo_sources import mni_tissue_probabilities
 
-#: tissue channels of the probability maps, in label order
-TISSUE_CHANNELS: tuple[str, ...] = ("background", "csf", "gm", "wm")
 #: margin around the template brain in the output field of view (room for scaling and pose), mm
 FOV_MARGIN_MM = 12.0
 #: sd of the elastic velocity at the control points, mm per axis

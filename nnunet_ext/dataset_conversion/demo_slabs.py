@@ -110,18 +110,8 @@ SLAB_SPECS: dict[str, SlabSpec] = {
             "brain. Domains mni152_sim_* are the test slabs through simulated scanners (TorchIO); see "
             "domains.json."
         ),
-        reference=(
-            "Fonov V, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear average age-appropriate "
-            "brain templates from birth to adulthood. NeuroImage 47:S102, 2009; Fonov V et al. Unbiased "
-            "average age-appropriate atlases for pediatric studies. NeuroImage 54(1):313-327, 2011. "
-            "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009"
-        ),
-        licence=(
-            "MNI ICBM152 2009a: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal "
-            "Neurological Institute, McGill University. Free to use, copy, modify and distribute for any purpose "
-            "without fee, provided the copyright notice appears in all copies (attribution); provided 'as is' "
-            "without warranty."
-        ),
+        reference=demo_sources.MNI_REFERENCE,
+        licence=demo_sources.MNI_LICENCE,
         source_files=demo_sources.mni_files,
         load=demo_sources.load_mni_tissue,
     ),

@@ -27,6 +27,18 @@ import SimpleITK as sitk
 MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
 
 MNI_FILENAMES = {kind: f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz" for kind in ("t1", "gm", "wm")}
+MNI_REFERENCE = (
+    "Fonov V, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear average age-appropriate "
+    "brain templates from birth to adulthood. NeuroImage 47:S102, 2009; Fonov V et al. Unbiased "
+    "average age-appropriate atlases for pediatric studies. NeuroImage 54(1):313-327, 2011. "
+    "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009"
+)
+MNI_LICENCE = (
+    "MNI ICBM152 2009a: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal "
+    "Neurological Institute, McGill University. Free to use, copy, modify and distribute for any purpose "
+    "without fee, provided the copyright notice appears in all copies (attribution); provided 'as is' "
+    "without warranty."
+)
 
 
 def mni_files() -> dict[str, Path]:
