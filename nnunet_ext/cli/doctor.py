@@ -278,7 +278,7 @@ def check_shadowing(names: set[str] | None = None, environ: Mapping[str, str] | 
         if _is_ours(dist):
             continue
         tops = _top_level_names(dist)
-        label = f"{dist_name} {dist.version} ({getattr(dist, '_path', 'unknown location')})"
+        label = f"{dist_name} {dist.version} (in {dist.locate_file('')})"
         if IMPORT_NAME in tops:
             checks.append(Check(
                 f"import name {IMPORT_NAME}", "warn", f"also installed by {label} (Lifelong-nnUNet uses this name)",

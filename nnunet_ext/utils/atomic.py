@@ -82,6 +82,8 @@ def _owner_is_gone(lock: Path) -> bool:
         fd = os.open(lock, os.O_RDWR)
     except FileNotFoundError:
         return True
+    except OSError:  # e.g. another user's lock: cannot tell, so keep it
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
