@@ -20,6 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+#: folds of ``splits_final.json`` when the user does not ask for a number (nnU-Net's 5-fold cross-validation)
+DEFAULT_FOLDS = 5
+
 
 def _subjects(case_subject: Mapping[str, str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = defaultdict(list)
@@ -82,6 +85,43 @@ def grouped_folds(case_subject: Mapping[str, str], num_folds: int = 5, seed: int
         folds.append({"train": train, "val": val})
     check_no_straddling(folds, case_subject)
     return folds
+
+
+def requested_folds(case_subject: Mapping[str, str], num_folds: int | None, seed: int = 0
+                    ) -> list[dict[str, list[str]]]:
+    """:func:`grouped_folds` with exactly the folds asked for, or a refusal: never fewer folds in silence.
+
+    Args:
+        case_subject: case id -> subject id of the training cases.
+        num_folds: folds asked for (``--folds``); None means :data:`DEFAULT_FOLDS`, or one fold per training
+            subject when there are fewer subjects than that.
+        seed: shuffling seed.
+
+    Returns:
+        The folds, ``len == num_folds`` when ``num_folds`` is given.
+
+    Raises:
+        ValueError: ``num_folds`` exceeds the number of training subjects (every fold needs at least one
+            validation subject), or :func:`grouped_folds` refuses.
+
+    >>> len(requested_folds({"a": "a", "b": "b", "c": "c"}, None))
+    3
+    >>> try:
+    ...     requested_folds({"a": "a", "b": "b", "c": "c"}, 5)
+    ... except ValueError as e:
+    ...     print(str(e).split(":")[0])
+    --folds 5 asks for more folds than there are training subjects (3)
+    """
+    subjects = len(set(case_subject.values()))
+    if num_folds is None:
+        return grouped_folds(case_subject, min(DEFAULT_FOLDS, max(subjects, 2)), seed)
+    if isinstance(num_folds, int) and not isinstance(num_folds, bool) and subjects >= 2 and num_folds > subjects:
+        raise ValueError(
+            f"--folds {num_folds} asks for more folds than there are training subjects ({subjects}): every fold "
+            f"needs at least one validation subject. Pass --folds {subjects} or fewer (at least 2), or leave "
+            f"--folds out to get one fold per subject"
+        )
+    return grouped_folds(case_subject, num_folds, seed)
 
 
 def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subject: Mapping[str, str]) -> None:

@@ -67,6 +67,7 @@ from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages
 from nnunet_ext.domains import DomainMetadata, load_domains, save_domains
 from nnunet_ext.streams import STREAM_FILENAME, Stage, Stream, write_stream
 from nnunet_ext.utils.atomic import atomic_directory
+from nnunet_ext.utils.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -450,13 +451,15 @@ def transformed_stream(
             case_seed = _case_seed(seed, k, index)
             if records[k]["steps"]:
                 channels, new_label = apply_stage_transform(
-                    [sitk.ReadImage(str(p)) for p in images], sitk.ReadImage(str(label)), records[k], case_seed)
+                    [read_image(p) for p in images], read_image(label), records[k], case_seed)
                 for c, image in enumerate(channels):
                     sitk.WriteImage(image, str(tmp / f"images{suffix}" / f"{new_case}_{c:04d}{file_ending}"),
                                     useCompression=True)
                 sitk.WriteImage(new_label, str(tmp / f"labels{suffix}" / f"{new_case}{file_ending}"),
                                 useCompression=True)
             else:
+                for p in (*images, label):
+                    read_image(p)  # copied unchanged, but a truncated input must not pass unnoticed
                 for c, p in enumerate(images):
                     shutil.copyfile(p, tmp / f"images{suffix}" / f"{new_case}_{c:04d}{file_ending}")
                 shutil.copyfile(label, tmp / f"labels{suffix}" / f"{new_case}{file_ending}")
