@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nnunet_ext.cli.main import UserError
+from nnunet_ext.core.metrics import mean_dice, nanmean
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
 from nnunet_ext.utils.plotting import default_style
 
@@ -248,16 +249,6 @@ def _attach_command(args: argparse.Namespace) -> int:
 
 
 # beta selection -----------------------------------------------------------------------------------------------
-def foreground_dice(prediction: np.ndarray, reference: np.ndarray, labels: list[int]) -> float:
-    """Mean Dice over ``labels``; a label absent from both counts as 1."""
-    scores = []
-    for label in labels:
-        p, r = prediction == label, reference == label
-        denominator = p.sum() + r.sum()
-        scores.append(1.0 if denominator == 0 else 2.0 * np.logical_and(p, r).sum() / denominator)
-    return float(np.mean(scores))
-
-
 def configure_predictor_bank(predictor, **settings: Any) -> None:
     """Change the style-bank settings of an initialised ``nnUNetPredictor`` for every fold it holds
     (the predictor reloads each fold's state dict, settings included, before predicting)."""
@@ -274,7 +265,12 @@ def configure_predictor_bank(predictor, **settings: Any) -> None:
 def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[float], folds: list[str],
                 checkpoint: str, device: str = "cpu", overrides: dict[str, Any] | None = None,
                 progress=None) -> dict[str, Any]:
-    """Dice per target and beta; best beta per target and for the mean over targets."""
+    """Dice per target and beta; best beta per target and for the mean over targets.
+
+    A case's Dice is :func:`nnunet_ext.core.metrics.mean_dice` over the foreground labels (labels absent from
+    both its reference and its prediction are left out); a target's Dice is the mean over its cases, leaving
+    out cases where every label is absent from both.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
@@ -306,6 +302,10 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
             data, seg, _ = preprocessor.run_case(files, str(labels_of[files[0]]), predictor.plans_manager,
                                                  predictor.configuration_manager, dataset)
             cases[name].append((data, seg[0]))
+        if not any(np.isin(seg, labels).any() for _, seg in cases[name]):
+            raise UserError(f"target {name}: no reference label in {refs} holds a foreground label {labels}; Dice is "
+                            "undefined when reference and prediction are both empty, so beta cannot be chosen on "
+                            "this target. Pass labelled cases that contain the structures")
     grid: dict[str, list[float]] = {name: [] for name in cases}
     for beta in betas:
         configure_predictor_bank(predictor, **{**(overrides or {}), "beta": beta})
@@ -313,8 +313,8 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
             dices = []
             for data, seg in items:
                 logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-                dices.append(foreground_dice(logits.argmax(0).numpy(), seg, labels))
-            grid[name].append(float(np.mean(dices)))
+                dices.append(mean_dice(logits.argmax(0).numpy(), seg, labels))
+            grid[name].append(nanmean(dices))
             if progress:
                 progress(f"beta {beta:g} {name}: Dice {grid[name][-1]:.4f}")
     mean = [float(np.mean([grid[n][i] for n in grid])) for i in range(len(betas))]
