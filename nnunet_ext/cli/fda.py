@@ -6,8 +6,9 @@
     from source images is added, ``trainer_name`` becomes ``nnUNetTrainerFourierMST`` (or ``--trainer``).
     The original folder is only read. Donors come from ``--images`` (raw images in nnU-Net naming,
     preprocessed with the model's own plans) or, by default, from each fold's training cases in
-    ``$nnUNet_preprocessed``. ``--beta/--n-mst/--mode/--selection`` override the settings. On a model that
-    already has a bank, the bank is kept unless ``--images`` is given, so the command also re-configures.
+    ``$nnUNet_preprocessed`` (fold ``all``: every preprocessed case, as ``nnUNetv2_train D C all`` trains on).
+    ``--beta/--n-mst/--mode/--selection`` override the settings. On a model that already has a bank, the bank
+    is kept unless ``--images`` is given, so the command also re-configures.
 ``nnext fda select-beta MODEL_FOLDER --target NAME IMAGES LABELS [...] -o OUT_DIR``
     grid search of ``beta`` on labelled target validation data (the paper's Sect. 4.3): mean foreground Dice
     per target and beta, computed in the model's preprocessed space, the best beta per target ("optimal per
@@ -31,6 +32,7 @@ import torch
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.core.metrics import mean_dice, nanmean
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, parse_fold, trained_folds
 from nnunet_ext.utils.plotting import default_style
 
 BANK_REPORT = "fda_bank.json"
@@ -49,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="new model folder to write (must not exist)")
     attach.add_argument("--images", type=Path, metavar="SOURCE_IMAGES",
                         help="source-domain images in nnU-Net naming (CASE_0000.nii.gz ...); default: the fold's "
-                             "training cases in $nnUNet_preprocessed")
-    attach.add_argument("-f", "--folds", nargs="+", metavar="FOLD", help="folds to convert (default: all found)")
+                             "training cases in $nnUNet_preprocessed (fold all: every case)")
+    attach.add_argument("-f", "--folds", nargs="+", metavar="FOLD",
+                        help="folds to convert: numbers or all (default: every fold found)")
     attach.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     attach.add_argument("--trainer", default="nnUNetTrainerFourierMST",
                         help="our trainer class recorded in the checkpoints (its settings are the defaults)")
@@ -62,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--target", nargs=3, action="append", required=True, metavar=("NAME", "IMAGES", "LABELS"),
                         help="a labelled target validation set (repeat for several targets / pairs)")
     select.add_argument("--betas", nargs="+", type=float, default=list(DEFAULT_BETAS), help="beta grid")
-    select.add_argument("-f", "--folds", nargs="+", default=["0"], metavar="FOLD", help="folds to use (default 0)")
+    select.add_argument("-f", "--folds", nargs="+", default=["0"], metavar="FOLD",
+                        help="folds to use: numbers or all (default 0)")
     select.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     select.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="where to write results")
     select.add_argument("-device", default="cpu", help="torch device (cpu, cuda)")
@@ -90,8 +94,12 @@ def _read_model_folder(model: Path, folds: list[str] | None, checkpoint: str) ->
     missing = [n for n in ("plans.json", "dataset.json") if not (model / n).is_file()]
     if missing:
         raise UserError(f"{model} is not an nnU-Net model folder: {', '.join(missing)} missing")
-    found = {p.parent.name.removeprefix("fold_"): p for p in sorted(model.glob(f"fold_*/{checkpoint}"))}
+    found = trained_folds(model, checkpoint)
     if folds:
+        try:
+            folds = [str(parse_fold(f)) for f in folds]
+        except ValueError as e:
+            raise UserError(f"-f: {e}") from None
         absent = [f for f in folds if f not in found]
         if absent:
             raise UserError(f"no {checkpoint} for folds {absent} in {model} (found folds {sorted(found)})")
@@ -134,21 +142,19 @@ def _source_volumes_from_images(images: Path, plans_manager, configuration_manag
     return volumes
 
 
-def _source_volumes_from_preprocessed(plans: dict, configuration: str, fold: str, max_cases: int) -> list[np.ndarray]:
-    from nnunet_ext.trainers.fourier_mst import load_source_volumes
+def _source_volumes_from_preprocessed(dataset_name: str, data_identifier: str, fold: str,
+                                      max_cases: int) -> list[np.ndarray]:
+    """Donor volumes from the cases nnU-Net trained ``fold`` on (fold ``all``: every preprocessed case)."""
+    from nnunet_ext.utils.preprocessed import fold_training_cases, load_source_volumes
 
-    root = os.environ.get("nnUNet_preprocessed")
-    folder = Path(root or "") / plans["dataset_name"]
-    identifier = plans["configurations"][configuration]["data_identifier"]
-    splits = folder / "splits_final.json"
-    if not root or not (folder / identifier).is_dir() or not splits.is_file():
+    try:
+        folder = dataset_folder("preprocessed", dataset_name)
+        keys = fold_training_cases(folder, data_identifier, fold)
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(
-            f"no preprocessed training data for {plans['dataset_name']} ({identifier}) under nnUNet_preprocessed="
-            f"{root!r}; pass --images SOURCE_IMAGES (source-domain images in nnU-Net naming) instead")
-    split = json.loads(splits.read_text(encoding="utf-8"))
-    keys = sorted(split[int(fold)]["train"]) if fold != "all" else sorted(
-        {k for s in split for k in s["train"] + s["val"]})
-    return load_source_volumes(str(folder / identifier), keys, max_cases)
+            f"no preprocessed training data of fold {fold} for {dataset_name} ({data_identifier}): {e}; pass --images "
+            "SOURCE_IMAGES (source-domain images in nnU-Net naming) instead") from None
+    return load_source_volumes(folder / data_identifier, keys, max_cases)
 
 
 def attach(model: Path, output: Path, images: Path | None = None, folds: list[str] | None = None,
@@ -218,7 +224,8 @@ def attach(model: Path, output: Path, images: Path | None = None, folds: list[st
                     volumes_cache = _source_volumes_from_images(Path(images), plans_manager, cm, dataset)
                 volumes, source = volumes_cache, str(Path(images).resolve())
             else:
-                volumes = _source_volumes_from_preprocessed(plans, configuration, fold, target_cls.fda_bank_cases)
+                volumes = _source_volumes_from_preprocessed(plans["dataset_name"], cm.data_identifier, fold,
+                                                            target_cls.fda_bank_cases)
                 source = f"nnUNet_preprocessed training cases of fold {fold}"
             network.bank.set_donors(sample_donor_patches(volumes, network.bank.patch_size, target_cls.fda_bank_size,
                                                          target_cls.fda_bank_max_megabytes))
@@ -232,8 +239,8 @@ def attach(model: Path, output: Path, images: Path | None = None, folds: list[st
             if (Path(model) / name).is_file():
                 shutil.copy2(Path(model) / name, tmp / name)
         for fold, ckpt in converted.items():
-            (tmp / f"fold_{fold}").mkdir()
-            torch.save(ckpt, tmp / f"fold_{fold}" / checkpoint)
+            fold_folder(tmp, fold).mkdir()
+            torch.save(ckpt, fold_folder(tmp, fold) / checkpoint)
         write_json_atomic(tmp / BANK_REPORT, report)
     return report
 
@@ -276,12 +283,11 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
 
     if not betas or any(not 0.0 <= b <= 0.5 for b in betas):
         raise UserError(f"--betas must be numbers in [0, 0.5], got {betas}")
-    _read_model_folder(Path(model), folds, checkpoint)
+    _, _, checkpoints = _read_model_folder(Path(model), folds, checkpoint)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 device=torch.device(device), perform_everything_on_device=False,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), [int(f) if f != "all" else f for f in folds],
-                                                   checkpoint)
+    predictor.initialize_from_trained_model_folder(str(model), [parse_fold(f) for f in checkpoints], checkpoint)
     if not hasattr(predictor.network, "bank"):
         raise UserError(f"{model} has no style bank; run `nnext fda attach {model} -o NEW_MODEL_FOLDER` first")
     dataset = predictor.dataset_json
