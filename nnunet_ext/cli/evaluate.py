@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate predicted label maps against reference labels, per case and label, and aggregate the "
             "metrics per domain of domains.json. Writes evaluation.json, evaluation.md and evaluation.png to "
-            "OUT_DIR and prints the Markdown table. Every case is checked first; on any problem nothing is "
-            "written and all problems are listed."
+            "OUT_DIR and prints the Markdown table. OUT_DIR and every case are checked first (a prediction must "
+            "have its reference's shape, spacing, origin and direction); on any problem nothing is written and "
+            "all problems are listed."
         ),
     )
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predictions (<case><file_ending>)")
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nnunet_ext.evaluation.per_domain import evaluate_folder, markdown_table, write_report
+    from nnunet_ext.utils.outputs import check_output_folder
 
+    check_output_folder(args.output)  # before any case is read
     dataset_json = args.dataset_json or _default_beside(args.ref, "dataset.json", "--dataset-json")
     domains = args.domains or _default_beside(args.ref, DOMAINS_FILENAME, "--domains")
 

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         write_continual_report,
     )
     from nnunet_ext.streams import read_stream
+    from nnunet_ext.utils.outputs import check_output_folder
 
+    check_output_folder(args.output)  # before anything is predicted or evaluated
     stream = read_stream(args.stream)
     patterns = _pairs(args.method, "--method")
     models = _pairs(args.model, "--model")

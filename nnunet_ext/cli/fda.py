@@ -353,6 +353,9 @@ def plot_beta_grid(result: dict[str, Any], path: Path) -> None:
 
 
 def _select_beta_command(args: argparse.Namespace) -> int:
+    from nnunet_ext.utils.outputs import check_output_folder
+
+    check_output_folder(args.output)  # before any prediction
     targets = [(n, Path(i), Path(r)) for n, i, r in args.target]
     result = select_beta(args.model, targets, args.betas, args.folds, args.checkpoint, args.device,
                          _overrides(args), progress=lambda msg: print(msg, file=sys.stderr, flush=True))

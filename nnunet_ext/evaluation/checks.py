@@ -2,8 +2,18 @@
 
 Every check returns :class:`Problem` records instead of raising, so that :func:`raise_problems` can list
 every problem of a folder in one ``ValueError`` (grouped by kind, each with the case, the file and the fix).
-:func:`header_problems` needs only the image headers: readable, one channel, and the same shape and
-spacing (relative tolerance ``SPACING_RTOL`` = 1e-3 per axis) as the reference.
+:func:`header_problems` needs only the image headers: readable, one channel, and the same grid as the
+reference, i.e. the same shape, spacing, origin and direction. Tolerances:
+
+- spacing: relative ``SPACING_RTOL`` = 1e-3 per axis;
+- origin: ``ORIGIN_TOLERANCE_VOXELS`` = 0.01 of the reference's voxel size along each axis (0.01 mm at
+  1 mm spacing). Float noise from NIfTI's float32 header fields and qform/sform round trips is about
+  1e-5 mm, far below it, while any real shift of a prediction (a tenth of a voxel and more) is far above
+  it; a shifted prediction would otherwise be scored voxel by voxel against anatomy it was not predicted
+  for (a prediction moved by 100 mm would score Dice 1.0);
+- direction: every direction cosine within ``DIRECTION_ATOL`` = 1e-4 of the reference's. Cosines lie in
+  [-1, 1]; float32 storage errs by about 1e-7, while a mirrored or transposed axis changes a cosine by 1 or
+  more. 1e-4 rad of rotation moves a point 200 mm from the origin by 0.02 mm.
 
 :func:`value_problems` checks the voxel values (finite, integer, defined in ``dataset.json``) of an image
 that was read.
@@ -23,6 +33,10 @@ import SimpleITK as sitk
 
 #: relative tolerance when comparing the spacing of a prediction with its reference
 SPACING_RTOL = 1e-3
+#: largest origin difference per axis, as a fraction of the reference's voxel size along that axis
+ORIGIN_TOLERANCE_VOXELS = 1e-2
+#: largest difference of a direction cosine (entries of the direction matrix)
+DIRECTION_ATOL = 1e-4
 _SAME_GRID_FIX = "predict from the image of the same case: nnUNetv2_predict writes predictions on the input grid"
 
 #: problem kind -> (what is wrong, how to fix it); formatted with the fields of :class:`Context`
@@ -55,6 +69,16 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
     "spacing": (
         f"predictions whose spacing differs from the reference (relative tolerance {SPACING_RTOL:g})",
         _SAME_GRID_FIX,
+    ),
+    "origin": (
+        f"predictions whose origin differs from the reference (by more than {ORIGIN_TOLERANCE_VOXELS:g} of a voxel "
+        "along an axis): they lie elsewhere in the scanner's space",
+        _SAME_GRID_FIX + "; undo any shift or crop another tool applied to the prediction",
+    ),
+    "direction": (
+        f"predictions whose direction (axis orientation) differs from the reference (a direction cosine by more "
+        f"than {DIRECTION_ATOL:g}), e.g. mirrored or transposed axes",
+        _SAME_GRID_FIX + "; undo any flip or reorientation another tool applied to the prediction",
     ),
     "non_finite": ("images with NaN or infinite values", "label maps hold integer label values; regenerate them"),
     "non_integer": ("images with non-integer values", "label maps hold integer label values; regenerate them"),
@@ -160,7 +184,7 @@ def list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
 
 
 def header_problems(case: str, prediction: Path, reference: Path) -> list[Problem]:
-    """Checks that need only the image headers: readable, one channel, same shape and spacing."""
+    """Checks that need only the image headers: readable, one channel, same shape, spacing, origin, direction."""
     headers = {}
     problems = []
     for role, path in (("prediction", prediction), ("reference", reference)):
@@ -190,6 +214,14 @@ def header_problems(case: str, prediction: Path, reference: Path) -> list[Proble
     if any(abs(p - r) > SPACING_RTOL * max(abs(p), abs(r)) for p, r in zip(pred_spacing, ref_spacing)):
         problems.append(Problem("spacing", case, pair(f"spacing {_fmt_tuple(pred_spacing)} mm",
                                                       f"{_fmt_tuple(ref_spacing)} mm (numpy axis order)")))
+    # origin and direction in ITK's physical (x, y, z) order; tolerances in the module docstring
+    limits = [ORIGIN_TOLERANCE_VOXELS * s for s in ref.GetSpacing()]
+    if any(abs(p - r) > limit for p, r, limit in zip(pred.GetOrigin(), ref.GetOrigin(), limits)):
+        problems.append(Problem("origin", case, pair(f"origin {_fmt_tuple(pred.GetOrigin())} mm",
+                                                     f"{_fmt_tuple(ref.GetOrigin())} mm (x, y, z)")))
+    if any(abs(p - r) > DIRECTION_ATOL for p, r in zip(pred.GetDirection(), ref.GetDirection())):
+        problems.append(Problem("direction", case, pair(f"direction {_fmt_tuple(pred.GetDirection())}",
+                                                        f"{_fmt_tuple(ref.GetDirection())} (row-major matrix)")))
     return problems
 
 
@@ -233,4 +265,4 @@ def raise_problems(problems: list[Problem], context: Context) -> None:
 
 
 def _fmt_tuple(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+    return "(" + ", ".join(f"{v + 0.0:g}" for v in values) + ")"  # + 0.0: -0 prints as 0

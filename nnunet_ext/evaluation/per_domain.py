@@ -8,8 +8,9 @@ including its empty-structure policy) for every case and label, and aggregates t
 ``.md`` and ``.png`` (both in :mod:`nnunet_ext.evaluation.report`, importable from here too).
 
 Inputs are checked first (:mod:`nnunet_ext.evaluation.checks`) from file names and image headers (missing
-predictions or references, domain entries, readability, shapes, spacings) for every case; the voxel values
-(NaN, non-integer, labels not in ``dataset.json``) are checked as each image is read, before its metrics. When the first check finds a
+predictions or references, domain entries, readability, and the grid: shape, spacing, origin, direction,
+tolerances stated there) for every case; the voxel values (NaN, non-integer, labels not in
+``dataset.json``) are checked as each image is read, before its metrics. When the first check finds a
 problem, the voxel values of all other cases are checked as well, without computing metrics, so that one
 ``ValueError`` lists every problem, naming each case and file and saying how to fix it.
 :func:`evaluate_folder` writes nothing; the report functions write their files only after all of them are

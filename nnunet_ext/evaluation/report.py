@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from nnunet_ext.evaluation.metrics import METRIC_NAMES
 from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_ext.utils.outputs import check_output_folder
 from nnunet_ext.utils.plotting import default_style
 
 #: ``format_version`` of evaluation results (schema in :mod:`nnunet_ext.evaluation.per_domain`)
@@ -282,6 +283,7 @@ def _grouped_bar_png(
 
 
 def _write_outputs(out_dir: Path, stem: str, data: dict[str, Any], markdown: str, png: bytes) -> dict[str, Path]:
+    check_output_folder(out_dir, "out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
     write_json_atomic(paths["json"], data)
