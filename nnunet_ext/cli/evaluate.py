@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_ext.utils.outputs import check_output_folder
 
     check_output_folder(args.output)  # before any case is read
-    dataset_json = args.dataset_json or _default_beside(args.ref, "dataset.json", "--dataset-json")
-    domains = args.domains or _default_beside(args.ref, DOMAINS_FILENAME, "--domains")
+    dataset_json = args.dataset_json or default_beside(args.ref, "dataset.json", "--dataset-json")
+    domains = args.domains or default_beside(args.ref, DOMAINS_FILENAME, "--domains")
 
     bar = Progress(
         TextColumn("evaluating"),
@@ -120,7 +120,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_beside(ref_dir: Path, filename: str, option: str) -> Path:
+def default_beside(ref_dir: Path, filename: str, option: str) -> Path:
+    """``filename`` in the parent of a reference folder (nnU-Net raw layout: ``DatasetXXX/labelsTs`` ->
+    ``DatasetXXX/dataset.json``), the default of ``option`` in the evaluation commands.
+
+    Raises:
+        FileNotFoundError: the file is not there; the message says to pass ``option``.
+    """
     path = Path(ref_dir).resolve().parent / filename
     if not path.is_file():
         raise FileNotFoundError(

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_ext.cli.evaluate import _default_beside
+    from nnunet_ext.cli.evaluate import default_beside
     from nnunet_ext.evaluation.continual import (
         case_dice_of_folder,
         continual_result,
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give at least one --method NAME=DIR_PATTERN or --model NAME=MODEL_FOLDER (or --dice-json)")
         if args.ref is None:
             raise UserError("--ref REF_DIR is required with prediction folders")
-        dataset_json = args.dataset_json or _default_beside(args.ref, "dataset.json", "--dataset-json")
+        dataset_json = args.dataset_json or default_beside(args.ref, "dataset.json", "--dataset-json")
         file_ending = json.loads(Path(dataset_json).read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
         if not args.ref.is_dir():
             raise UserError(f"reference folder {args.ref} does not exist; check --ref")
