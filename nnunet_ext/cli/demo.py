@@ -59,6 +59,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.per_domain import compare_report, evaluate_folder, write_report
     from nnunet_ext.utils import nnunet_commands as cmd
+    from nnunet_ext.utils.nnunet_paths import fold_folder, model_folder
     from nnunet_ext.utils.progress import StepProgress
 
     console = Console()
@@ -95,7 +96,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings["plan and preprocess"] = time.perf_counter() - t0
 
         for trainer in cfg.trainers:
-            model_dir = res / dataset_dir.name / f"{trainer}__nnUNetPlans__{cfg.configuration}" / f"fold_{cfg.fold}"
+            model_dir = fold_folder(model_folder(dataset_dir.name, trainer, configuration=cfg.configuration,
+                                                 results_root=res), cfg.fold)
             t0 = time.perf_counter()
             step(f"nnUNetv2_train -tr {trainer}")
             if cfg.overwrite or not (model_dir / "checkpoint_final.pth").is_file():

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from nnunet_ext import __version__
+from nnunet_ext.utils.nnunet_paths import nnunet_folder
 
 #: sub-command modules in ``nnunet_ext.cli``, in the order ``nnext --help`` lists them
 SUBCOMMAND_MODULES: tuple[str, ...] = ("doctor", "demo", "demo_data", "convert", "stream", "evaluate", "evaluate_continual", "plot_layer_speed", "fda", "plans", "catenorm")
@@ -29,10 +29,10 @@ def raw_root(value: str | None) -> Path:
     """The nnU-Net raw folder: ``--raw-root`` if given, else ``$nnUNet_raw``."""
     if value:
         return Path(value)
-    env = os.environ.get("nnUNet_raw")
-    if not env:
-        raise UserError("--raw-root not given and nnUNet_raw is not set; pass --raw-root DIR or export nnUNet_raw=DIR")
-    return Path(env)
+    try:
+        return nnunet_folder("raw")
+    except ValueError as e:
+        raise UserError(f"--raw-root not given and {e}; or pass --raw-root DIR") from None
 
 
 _ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc):`~?([^`]+)`")

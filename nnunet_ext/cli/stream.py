@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
+from nnunet_ext.utils.nnunet_paths import nnunet_folder
 
 #: CLI scenario name -> (builder scenario, default dataset id)
 DEMOS: dict[str, tuple[str, int]] = {"transformed": ("transformed", 950), "shifting-source": ("shifting_source", 951)}
@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_ext.dataset_conversion import stream_scenarios
     from nnunet_ext.streams import read_stream
 
-    pre = os.environ.get("nnUNet_preprocessed")
+    try:
+        pre = nnunet_folder("preprocessed")
+    except ValueError:
+        pre = None  # nothing preprocessed yet: stream.json is written beside dataset.json only
     if args.action == "shifting-source":
         folder = resolve_dataset(args.dataset, args.raw_root)
         stream_scenarios.shifting_source_stream(

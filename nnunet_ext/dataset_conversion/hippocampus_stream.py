@@ -59,7 +59,7 @@ from nnunet_ext.dataset_conversion.common import (
     write_dataset,
 )
 from nnunet_ext.dataset_conversion.msd import find_task_folder
-from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects, stage_weights
 from nnunet_ext.domains import DomainMetadata
 from nnunet_ext.streams import FORMAT_VERSION as STREAM_FORMAT_VERSION
 from nnunet_ext.utils.image_io import ImageReadError, load_nifti, nifti_array, read_image
@@ -233,14 +233,6 @@ def _scan_pairs(folder: Path, problems: Problems, source: str) -> list[dict[str,
         if key not in images:
             problems.add(paths[0], "a label without its image", f"the image of {key}", "unpack the images too")
     return found
-
-
-def stage_weights(num_sources: int, num_stages: int) -> np.ndarray:
-    """Mixing weights, shape ``(num_stages, num_sources)``: a window sliding linearly along the sources."""
-    if num_stages == 1:
-        return np.full((1, num_sources), 1.0 / num_sources)
-    position = np.arange(num_stages)[:, None] * (num_sources - 1) / (num_stages - 1)
-    return np.maximum(0.0, 1.0 - np.abs(position - np.arange(num_sources)[None, :]))
 
 
 def build_hippocampus_stream(

@@ -140,6 +140,23 @@ def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subje
         raise ValueError("patients straddle folds:\n" + "\n".join(bad))
 
 
+def stage_weights(num_sources: int, num_stages: int) -> np.ndarray:
+    """Mixing weights, shape ``(num_stages, num_sources)``: a window sliding linearly along the sources.
+
+    The weight of source ``i`` at stage ``k`` is ``max(0, 1 - |k (n - 1) / (S - 1) - i|)`` with ``n`` sources
+    and ``S`` stages: pure source 0 at the first stage, pure source ``n - 1`` at the last; one stage mixes all
+    sources equally. The shifting-source streams deal each source's units with these weights
+    (:func:`deal_to_stages`).
+
+    >>> stage_weights(2, 3).tolist()
+    [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    """
+    if num_stages == 1:
+        return np.full((1, num_sources), 1.0 / num_sources)
+    position = np.arange(num_stages)[:, None] * (num_sources - 1) / (num_stages - 1)
+    return np.maximum(0.0, 1.0 - np.abs(position - np.arange(num_sources)[None, :]))
+
+
 def deal_to_stages(units: Sequence[str], share: Sequence[float]) -> list[list[str]]:
     """Cut ``units`` (already shuffled) into consecutive stage groups whose sizes follow ``share``.
 

@@ -10,7 +10,7 @@ input dataset is refused.
 
 **Shifting source** (:func:`shifting_source_stream`): the sources (domains) in ``order`` are mixed with
 weights that slide linearly from pure ``order[0]`` at stage 0 to pure ``order[-1]`` at the last stage
-(:func:`nnunet_ext.dataset_conversion.hippocampus_stream.stage_weights`: weight of source ``i`` at stage
+(:func:`nnunet_ext.dataset_conversion.splits.stage_weights`: weight of source ``i`` at stage
 ``k`` is ``max(0, 1 - |k (n - 1) / (S - 1) - i|)``). Per source, its training units are shuffled (seeded)
 and cut into stage groups in proportion to the source's weights over the stages
 (:func:`nnunet_ext.dataset_conversion.splits.deal_to_stages`); its test units are dealt the same way, so a
@@ -62,8 +62,7 @@ from typing import Any, Literal
 import numpy as np
 
 from nnunet_ext.dataset_conversion.common import check_id_unused, dataset_folder
-from nnunet_ext.dataset_conversion.hippocampus_stream import stage_weights
-from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages, holdout_subjects, stage_weights
 from nnunet_ext.domains import DomainMetadata, load_domains, save_domains
 from nnunet_ext.streams import STREAM_FILENAME, Stage, Stream, write_stream
 from nnunet_ext.utils.atomic import atomic_directory

@@ -29,23 +29,13 @@ all-reduce is needed.
 
 from __future__ import annotations
 
-import numpy as np
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_ext.networks.fourier_mst import FourierMSTNetwork, StyleBank, sample_donor_patches
 from nnunet_ext.trainers.budget import CPUBudgetMixin
-
-
-def load_source_volumes(preprocessed_folder: str, keys: list[str], max_cases: int) -> list[np.ndarray]:
-    """Up to ``max_cases`` preprocessed cases (evenly spaced over ``keys``) as ``(C, Z, Y, X)`` arrays."""
-    if not keys:
-        raise ValueError(f"no training cases to build a style bank from in {preprocessed_folder}")
-    picks = sorted(set(np.linspace(0, len(keys) - 1, min(max_cases, len(keys))).round().astype(int).tolist()))
-    dataset = infer_dataset_class(preprocessed_folder)(preprocessed_folder, [keys[i] for i in picks])
-    return [np.asarray(dataset.load_case(keys[i])[0][:], dtype=np.float32) for i in picks]
+from nnunet_ext.utils.preprocessed import load_source_volumes
 
 
 def unwrap(network: nn.Module) -> nn.Module:

@@ -50,6 +50,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_ext.core.metrics import dice
 from nnunet_ext.core.odex import (
     Calibration,
     GaussianStats,
@@ -247,10 +248,9 @@ class ODExMixin(StreamTrainerMixin):
             out = net(x)
             pred = (out[0] if isinstance(out, (list, tuple)) else out).argmax(1)
             for c in self.label_manager.foreground_labels:
-                p, t = pred == c, y[:, 0] == c
-                denom = p.sum() + t.sum()
-                if denom > 0:
-                    sums[0] += 2 * (p & t).sum() / denom
+                score = dice(pred == c, y[:, 0] == c)
+                if not math.isnan(score):  # absent from both: excluded (core.metrics' empty-structure rule)
+                    sums[0] += score
                     sums[1] += 1
         net.train(was_training)
         sums = distributed_reduce(sums, "sum")
