@@ -114,6 +114,7 @@ def predict_and_evaluate(model: Path, dataset_dir: Path, out: Path, rotation_tta
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunet_ext.evaluation.per_domain import evaluate_folder
+    from nnunet_ext.networks.style_curriculum import with_rotation_tta
 
     cached = out / "metrics.json"
     if cached.is_file():  # e.g. the shared pretrained model, predicted once for all seeds
@@ -121,8 +122,8 @@ def predict_and_evaluate(model: Path, dataset_dir: Path, out: Path, rotation_tta
     out.mkdir(parents=True, exist_ok=True)
     predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False, verbose=False)
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
-    if rotation_tta:
-        predictor.network.rotation_tta = True
+    if rotation_tta:  # the predictor reloads these parameters before every case: switch TTA in them
+        predictor.list_of_parameters = [with_rotation_tta(p, True) for p in predictor.list_of_parameters]
     t0 = time.perf_counter()
     predictor.predict_from_files_sequential(str(dataset_dir / "imagesTs"), str(out))
     seconds = time.perf_counter() - t0

@@ -90,7 +90,7 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
         super().initialize()
         self._pass_losses: list[tuple[float, float]] = []
         # until training starts, let nnU-Net's -pretrained_weights transfer everything but the new branch
-        self._catenorm_net().hide_catenorm_state = True
+        self._catenorm_net().hide_method_state = True
 
     def _do_i_compile(self) -> bool:
         return False  # the conditioning mask is set on the layers from Python; keep eager mode
@@ -104,17 +104,17 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
-        self._catenorm_net().hide_catenorm_state = False
+        self._catenorm_net().hide_method_state = False
 
     def save_checkpoint(self, filename: str) -> None:
-        self._catenorm_net().hide_catenorm_state = False
+        self._catenorm_net().hide_method_state = False
         super().save_checkpoint(filename)
 
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
         net = self._catenorm_net()
-        net.hide_catenorm_state = False
+        net.hide_method_state = False
         super().on_train_start()
         n_all = sum(p.numel() for p in net.parameters())
         n_cond = sum(p.numel() for p in net.conditioning_parameters())

@@ -78,8 +78,8 @@ class StyleCurriculumMixin:
         curriculum_style_kwargs: its keyword arguments.
         curriculum_log_batches: batches per epoch whose per-step losses are kept in the JSON log.
         finetune_lr: if set, replaces nnU-Net's ``initial_lr`` (poly schedule kept).
-        rotation_tta: in-plane 0/90/180/270-degree TTA at inference (network attribute, see
-            :mod:`nnunet_ext.networks.style_curriculum`).
+        rotation_tta: in-plane 0/90/180/270-degree TTA at inference (the default of the network's saved
+            switch, see :mod:`nnunet_ext.networks.style_curriculum`).
     """
 
     curriculum_n: int = 3
@@ -145,6 +145,8 @@ class StyleCurriculumMixin:
                 f"segmentation as extra channels. Use a 2d or 3d_fullres configuration")
         super().initialize()
         self.style_source = self.curriculum_style_source(**self.curriculum_style_kwargs)
+        # until training starts, nnU-Net's -pretrained_weights may load a stock checkpoint (no TTA switch in it)
+        self._tta_network().hide_method_state = True
 
     def _tta_network(self) -> RotationTTANetwork:
         network = getattr(self.network, "module", self.network)
@@ -152,8 +154,9 @@ class StyleCurriculumMixin:
 
     def on_train_start(self):
         super().on_train_start()
+        self._tta_network().hide_method_state = False  # checkpoints from now on carry the TTA switch
         # the per-epoch pseudo-Dice measures the plain network (4x cheaper); final validation uses the TTA
-        self._tta_network().rotation_tta = False
+        self._tta_network().enabled = False
         self.print_to_log_file(f"Style curriculum (LSCL): {self.curriculum_settings()}")
         self._curriculum_log = {"settings": self.curriculum_settings(), "epochs": []}
         path = os.path.join(self.output_folder, CURRICULUM_LOG_FILENAME)
@@ -215,7 +218,7 @@ class StyleCurriculumMixin:
         return {"loss": np.array(float(np.mean(losses)))}
 
     def on_train_end(self):
-        self._tta_network().rotation_tta = self.rotation_tta
+        self._tta_network().enabled = True
         super().on_train_end()
 
     def on_epoch_end(self):
