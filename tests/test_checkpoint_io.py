@@ -12,20 +12,7 @@ import torch
 
 from nnunet_ext.utils import checkpoint_io
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely, save_torch_atomic
-
-
-def _plant(marker: str) -> str:
-    """What a malicious checkpoint runs when unpickled: here, it only creates a file."""
-    Path(marker).write_text("the checkpoint ran code")
-    return marker
-
-
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return _plant, (self.marker,)
+from tests.payload import Payload
 
 
 def _nnunet_like_checkpoint() -> dict:
@@ -50,12 +37,12 @@ def _nnunet_like_checkpoint() -> dict:
 def test_a_reduce_payload_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "checkpoint_final.pth"
-    torch.save({"network_weights": {}, "payload": _Payload(marker)}, path)
+    torch.save({"network_weights": {}, "payload": Payload(marker)}, path)
     with pytest.raises(ValueError) as error:
         load_checkpoint_safely(path)
     assert not marker.exists()
     message = str(error.value)
-    assert str(path) in message and "_plant" in message and "only load model folders you trust" in message.lower()
+    assert str(path) in message and "plant" in message and "only load model folders you trust" in message.lower()
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load runs it
     assert marker.exists()
 

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from nnunet_ext.cli.fda import attach
 from nnunet_ext.cli.main import UserError
+from tests.payload import Payload
 from tests.trainers.plans_only import DATASET_JSON, PLANS
-
-
-def _plant(marker: str) -> str:
-    Path(marker).write_text("the checkpoint ran code")
-    return marker
-
-
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return _plant, (self.marker,)
 
 
 def test_attach_refuses_a_checkpoint_that_would_run_code(tmp_path):
@@ -33,7 +20,7 @@ def test_attach_refuses_a_checkpoint_that_would_run_code(tmp_path):
     (model / "dataset.json").write_text(json.dumps(DATASET_JSON))
     marker = tmp_path / "marker"
     checkpoint = model / "fold_0" / "checkpoint_final.pth"
-    torch.save({"network_weights": {}, "init_args": {"configuration": "2d"}, "payload": _Payload(marker)}, checkpoint)
+    torch.save({"network_weights": {}, "init_args": {"configuration": "2d"}, "payload": Payload(marker)}, checkpoint)
     with pytest.raises(UserError) as error:
         attach(model, tmp_path / "out")
     assert str(checkpoint) in str(error.value) and "only load model folders you trust" in str(error.value).lower()
