@@ -42,9 +42,10 @@ from nnunet_ext.trainers.toolkit import EpochLog, NNExtTrainerMixin, unwrap
 
 __all__ = ["LAYER_SPEED_FILENAME", "AvaGradMixin", "LayerSpeedMixin", "nnUNetTrainerAvaGrad",
            "nnUNetTrainerAvaGrad_25epochs", "nnUNetTrainerAvaGrad_1000epochs", "nnUNetTrainerAvaGrad_demo",
-           "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs", "nnUNetTrainerEarlyStopAdam_25epochs",
-           "nnUNetTrainerEarlyStopAdam_50epochs", "nnUNetTrainerEarlyStopAdamNoDA_25epochs",
-           "nnUNetTrainerEarlyStopSGD_25epochs", "nnUNetTrainerEarlyStopSGDNoDA_25epochs", "nnUNetTrainerSGD_layerspeed"]
+           "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
+           "nnUNetTrainerEarlyStopAdam_25epochs", "nnUNetTrainerEarlyStopAdam_50epochs",
+           "nnUNetTrainerEarlyStopAdamNoDA_25epochs", "nnUNetTrainerEarlyStopSGD_25epochs",
+           "nnUNetTrainerEarlyStopSGDNoDA_25epochs", "nnUNetTrainerSGD_layerspeed"]
 
 LAYER_SPEED_FILENAME = "layer_speed.json"
 
@@ -89,8 +90,9 @@ class LayerSpeedMixin(NNExtTrainerMixin):
     Written (rank 0) to ``<fold folder>/layer_speed.json``: ``{"groups": {layer: group}, "epochs": [...],
     "updates": {layer: [value per epoch]}}``. Costs one copy of the tracked weights per iteration, so it is
     a separate setting (``record_layer_speed``), off in the plain trainers. Resuming with ``--c`` keeps the
-    epochs up to the checkpoint and drops later ones (:class:`~nnunet_ext.trainers.toolkit.EpochLog`). ``decoder.seg_layers.0`` (the lowest-resolution head)
-    records 0: nnU-Net gives that deep-supervision output the loss weight 0, so it never trains.
+    epochs up to the checkpoint and drops later ones (:class:`~nnunet_ext.trainers.toolkit.EpochLog`).
+    ``decoder.seg_layers.0`` (the lowest-resolution head) records 0: nnU-Net gives that deep-supervision output
+    the loss weight 0, so it never trains.
     """
 
     record_layer_speed: bool = True
