@@ -32,6 +32,7 @@ import torch
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.core.metrics import mean_dice, nanmean
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
 from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, parse_fold, trained_folds
 from nnunet_ext.utils.plotting import default_style
 
@@ -112,10 +113,11 @@ def _read_model_folder(model: Path, folds: list[str] | None, checkpoint: str) ->
 
 
 def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint, loaded without running code from it (``weights_only=True``, nnU-Net's numpy scalars allowed)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint the same way
-        raise UserError(f"cannot read checkpoint {path}: {e}") from e
+        return load_checkpoint_safely(path, map_location="cpu")
+    except ValueError as e:  # names the file: missing, corrupt, or refused
+        raise UserError(str(e)) from None
 
 
 def _source_volumes_from_images(images: Path, plans_manager, configuration_manager, dataset: dict) -> list[np.ndarray]:
