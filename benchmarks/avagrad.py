@@ -43,7 +43,9 @@ from bench_common import (
     trainer_class,
 )
 
-DATASET_ID = 990
+from nnunet_ext.dataset_conversion.demo_data import DEMO_DATASETS
+
+DATASET_ID = DEMO_DATASETS["mni_tissue"].default_id
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,15 @@ The metadata lives in ``domains.json`` beside ``dataset.json`` in ``$nnUNet_raw/
 Case ids are file stems as nnU-Net uses them (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``;
 ``imagesTs``/``labelsTs`` for ``split == "test"``). ``subject`` groups cases that must never be split
 across folds (one patient, or one source volume cut into slabs). Extra keys are kept as they are.
+
+Optional, added without a format change (readers of version 1 that ignore unknown keys are unaffected;
+files without them are written exactly as before):
+
+* a case's ``subset``: ``"train"``, ``"val"`` or ``"test"``, the role of its subject in a dataset that fixes
+  one (the simulated ``brain_scanners`` demo: validation subjects are for choosing hyper-parameters, test
+  subjects only for the final evaluation). ``"test"`` cases have ``split == "test"``, the others ``"train"``.
+* a top-level ``subjects`` object: subject id -> free description (e.g. how a simulated subject was made
+  and its tissue volumes).
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ from nnunet_ext.utils.atomic import write_json_atomic
 DOMAINS_FILENAME = "domains.json"
 FORMAT_VERSION = 1
 Split = Literal["train", "test"]
+Subset = Literal["train", "val", "test"]
+#: the split (imagesTr or imagesTs) each subset lives in
+SUBSET_SPLIT: dict[str, str] = {"train": "train", "val": "train", "test": "test"}
 
 
 @dataclass
@@ -43,11 +55,14 @@ class DomainMetadata:
 
     Attributes:
         domains: domain name -> description dict (``description``, ``simulated`` and free extra keys).
-        cases: case id -> dict with ``domain``, ``split`` (``"train"``/``"test"``), ``subject`` and extras.
+        cases: case id -> dict with ``domain``, ``split`` (``"train"``/``"test"``), ``subject`` and extras
+            (optionally ``subset``, see the module docstring).
+        subjects: optional subject id -> free description dict.
     """
 
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
     cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subjects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add_domain(self, name: str, description: str, simulated: bool, **extra: Any) -> None:
         if not name or "/" in name:
@@ -61,6 +76,9 @@ class DomainMetadata:
             raise ValueError(f"case {case_id!r}: split must be 'train' or 'test', got {split!r}")
         if case_id in self.cases:
             raise ValueError(f"duplicate case id {case_id!r}")
+        if "subset" in extra and SUBSET_SPLIT.get(extra["subset"]) != split:
+            raise ValueError(f"case {case_id!r}: subset must be one of {list(SUBSET_SPLIT)} and lie in its split "
+                             f"({SUBSET_SPLIT}), got subset {extra['subset']!r} with split {split!r}")
         self.cases[case_id] = {"domain": domain, "split": split, "subject": subject, **extra}
 
     def domain_of(self, case_id: str) -> str:
@@ -76,8 +94,14 @@ class DomainMetadata:
             c for c, m in self.cases.items() if m["domain"] == domain and (split is None or m["split"] == split)
         )
 
+    def cases_in_subset(self, subset: Subset, domain: str | None = None) -> list[str]:
+        """Sorted cases whose ``subset`` is ``subset`` (in ``domain`` if given)."""
+        return sorted(c for c, m in self.cases.items()
+                      if m.get("subset") == subset and (domain is None or m["domain"] == domain))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "domains": self.domains, "cases": self.cases}
+        d = {"format_version": FORMAT_VERSION, "domains": self.domains, "cases": self.cases}
+        return d | {"subjects": self.subjects} if self.subjects else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> DomainMetadata:
@@ -86,7 +110,11 @@ class DomainMetadata:
         version = d.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise ValueError(f"{source}: format_version {version} is not supported (expected {FORMAT_VERSION})")
-        meta = cls(domains=dict(d["domains"]), cases=dict(d["cases"]))
+        subjects = d.get("subjects", {})
+        if not isinstance(subjects, dict):
+            raise ValueError(f"{source}: 'subjects' must be an object (subject id -> description), got "
+                             f"{type(subjects).__name__}")
+        meta = cls(domains=dict(d["domains"]), cases=dict(d["cases"]), subjects=dict(subjects))
         for case_id, m in meta.cases.items():
             if not isinstance(m, dict) or "domain" not in m:
                 raise ValueError(f"{source}: case {case_id!r} has no 'domain'")

@@ -64,3 +64,23 @@ def test_load_domains_errors(tmp_path):
     (tmp_path / "domains.json").write_text('{"domains": {}, "cases": {"c1": {"domain": "x"}}}')
     with pytest.raises(ValueError, match="c1"):
         load_domains(tmp_path)
+
+
+def test_subsets_and_subjects_round_trip_and_old_files_are_unchanged(tmp_path):
+    meta = DomainMetadata()
+    meta.add_domain("siemens_3", "simulated", simulated=True)
+    meta.add_case("siemens_3_s00", "siemens_3", "train", subject="s00")
+    save_domains(meta, tmp_path)
+    assert "subjects" not in json.loads((tmp_path / "domains.json").read_text())
+    meta.add_case("siemens_3_s01", "siemens_3", "train", subject="s01", subset="val")
+    meta.add_case("siemens_3_s02", "siemens_3", "test", subject="s02", subset="test")
+    meta.subjects["s01"] = {"brain_ml": 1500.0}
+    save_domains(meta, tmp_path)
+    back = load_domains(tmp_path)
+    assert back.subjects == {"s01": {"brain_ml": 1500.0}}
+    assert back.cases_in_subset("val") == ["siemens_3_s01"] and back.cases_in_subset("test", "siemens_3") == [
+        "siemens_3_s02"]
+    with pytest.raises(ValueError, match=r"subset must be one of .* got subset 'test' with split 'train'"):
+        meta.add_case("siemens_3_s03", "siemens_3", "train", subject="s03", subset="test")
+    with pytest.raises(ValueError, match=r"'subjects' must be an object"):
+        DomainMetadata.from_dict({"domains": {}, "cases": {}, "subjects": []})

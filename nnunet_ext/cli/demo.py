@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_ext.cli.demo_data import DATASETS
+from nnunet_ext.dataset_conversion.demo_data import DEMO_DATASETS, DemoDataset, demo_dataset
 
 #: trainers ``nnext demo`` runs by default: stock nnU-Net first, then methods as they land
 DEMO_TRAINERS: dict[str, str] = {
@@ -38,25 +38,24 @@ class DemoConfig:
     configuration: str = "2d"
     fold: int = 0
     seed: int = 0
-    profile: str = "demo"
+    profile: str | None = None
     device: str = "cpu"
     overwrite: bool = False
     id_override: int | None = None
 
     @property
-    def builder_name(self) -> str:
-        return DATASETS[self.dataset][0]
+    def entry(self) -> DemoDataset:
+        return demo_dataset(self.dataset)
 
     @property
     def dataset_id(self) -> int:
-        return self.id_override if self.id_override is not None else DATASETS[self.dataset][1]
+        return self.id_override if self.id_override is not None else self.entry.default_id
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the chain; return ``{trainer: evaluation result}`` and write the comparison report."""
     from rich.console import Console
 
-    from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.per_domain import compare_report, evaluate_folder, write_report
     from nnunet_ext.utils import nnunet_commands as cmd
     from nnunet_ext.utils.nnunet_paths import fold_folder, model_folder
@@ -79,12 +78,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         t0 = time.perf_counter()
         step("building embedded real-MRI dataset")
-        dataset_dir = demo_dataset_folder(cfg.builder_name, cfg.dataset_id, raw)
+        dataset_dir = cfg.entry.folder(cfg.dataset_id, raw)
         if dataset_dir.is_dir() and not cfg.overwrite:
             progress.note(f"reusing {dataset_dir}")
         else:
-            dataset_dir = build_demo_dataset(cfg.builder_name, cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
-                                             overwrite=cfg.overwrite)
+            dataset_dir = cfg.entry.build(cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
+                                          overwrite=cfg.overwrite)
         timings["build data"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -149,14 +148,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="the main job: build real-MRI data, plan, train, predict on shifted domains, evaluate",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="nnext_demo", help="folder for all outputs (default: ./nnext_demo)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mni-tissue",
-                   help="embedded real-MRI dataset to build (default mni-tissue)")
+    p.add_argument("--dataset", choices=sorted(e.cli_name for e in DEMO_DATASETS.values()), default="mni-tissue",
+                   help="embedded demo dataset to build (default mni-tissue)")
     p.add_argument("--trainers", nargs="+", metavar="TRAINER",
                    help="trainer class names (default: " + ", ".join(DEMO_TRAINERS) + ")")
-    p.add_argument("--id", type=int, help="dataset id inside the workdir (default: 990 mni-tissue, 991 colin)")
+    p.add_argument("--id", type=int, help="dataset id inside the workdir (default: " +
+                   ", ".join(f"{e.default_id} {e.cli_name}" for e in DEMO_DATASETS.values()) + ")")
     p.add_argument("--fold", type=int, default=0, help="nnU-Net fold to train and predict with (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated scanner effects")
-    p.add_argument("--profile", choices=("demo", "tiny"), default="demo", help="dataset size")
+    p.add_argument("--profile", choices=sorted({q for e in DEMO_DATASETS.values() for q in e.profiles}), default=None,
+                   help="dataset size (default: the dataset's first profile)")
     p.add_argument("--device", default=os.environ.get("NNEXT_DEVICE", "cpu"), help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="rebuild data and retrain instead of reusing")
     p.set_defaults(func=run)

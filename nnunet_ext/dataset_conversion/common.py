@@ -223,8 +223,12 @@ def dataset_folder(raw_root: str | os.PathLike, dataset_id: int, name: str) -> P
     return Path(os.fspath(raw_root)) / f"Dataset{dataset_id:03d}_{name}"
 
 
-def check_id_unused(target: Path) -> None:
+def check_id_unused(target: Path, option: str = "DATASET_ID") -> None:
     """nnU-Net finds datasets by id: refuse a second folder with ``target``'s id.
+
+    Args:
+        target: the dataset folder about to be written.
+        option: how the user passes the id (``DATASET_ID``, ``--id``), named in the error.
 
     Raises:
         FileExistsError: another ``DatasetXXX_*`` folder has the same id.
@@ -234,7 +238,7 @@ def check_id_unused(target: Path) -> None:
     if clashes:
         raise FileExistsError(
             f"dataset id {prefix[len('Dataset'):]} is already used by {clashes[0]}; nnU-Net needs unique ids. "
-            f"Pass another DATASET_ID or remove that folder."
+            f"Pass another {option} or remove that folder."
         )
 
 

@@ -3,7 +3,7 @@
 Both are sized for a CPU: 3 mm isotropic voxels, axial slabs of 3 slices (about 66 x 78 in-plane for
 MNI152, 60 x 72 for Colin27; nnU-Net's ``2d`` configuration), 4 stages (``num_stages``) with a handful of
 cases each.
-Cases are slabs cut as in :mod:`nnunet_ext.dataset_conversion.demo_data` (same resampling, same slab
+Cases are slabs cut as in :mod:`nnunet_ext.dataset_conversion.demo_slabs` (same resampling, same slab
 placement, :data:`NUM_TEST_SLABS` held-out slabs spread through the brain per source). Every source is a
 **single brain**, so streams are built with ``group_by="case"``: slabs, not subjects, are the units, and
 train and test slabs of one stage come from the same brain (the in-stage test measures generalisation to
@@ -41,8 +41,9 @@ from typing import Literal
 
 import SimpleITK as sitk
 
-from nnunet_ext.dataset_conversion import demo_data
+from nnunet_ext.dataset_conversion import demo_sources
 from nnunet_ext.dataset_conversion.common import check_id_unused, dataset_folder
+from nnunet_ext.dataset_conversion.demo_slabs import SLAB_SPECS, held_out_positions, slab_ranges, write_nifti
 from nnunet_ext.dataset_conversion.stream_scenarios import shifting_source_stream, transformed_stream
 from nnunet_ext.domains import DomainMetadata, save_domains
 from nnunet_ext.streams import read_stream, write_stream
@@ -61,21 +62,21 @@ def _mni_brain(files: dict[str, Path], spacing_mm: float) -> tuple[sitk.Image, s
     """MNI152 T1 and its brain mask (largest component of ``T1 > 0``, partial volume > 0.5)."""
     t1 = read_image(files["t1"], sitk.sitkFloat32)
     brain = sitk.RelabelComponent(sitk.ConnectedComponent(t1 > 0), sortByObjectSize=True) == 1
-    image = demo_data._downsample(t1, spacing_mm)
-    fraction = sitk.GetArrayFromImage(demo_data._downsample(brain, spacing_mm))
-    return image, demo_data._label_like(fraction > 0.5, image)
+    image = demo_sources.downsample(t1, spacing_mm)
+    fraction = sitk.GetArrayFromImage(demo_sources.downsample(brain, spacing_mm))
+    return image, demo_sources.label_like(fraction > 0.5, image)
 
 
 def _write_slabs(tmp: Path, meta: DomainMetadata, domain: str, image: sitk.Image, label: sitk.Image) -> int:
     """Write one source's slabs (train and held-out test) into ``tmp``; returns the number of training slabs."""
-    slabs = demo_data._slab_ranges(sitk.GetArrayViewFromImage(label), SLAB_SLICES)
-    test = set(demo_data._test_positions(len(slabs), NUM_TEST_SLABS))
+    slabs = slab_ranges(sitk.GetArrayViewFromImage(label), SLAB_SLICES)
+    test = set(held_out_positions(len(slabs), NUM_TEST_SLABS))
     for position, (number, z0, z1) in enumerate(slabs):
         split = "test" if position in test else "train"
         suffix = "Ts" if split == "test" else "Tr"
         case = f"{domain}_slab{number:02d}"
-        demo_data._write_nifti(image[:, :, z0:z1], tmp / f"images{suffix}" / f"{case}_0000.nii.gz")
-        demo_data._write_nifti(label[:, :, z0:z1], tmp / f"labels{suffix}" / f"{case}.nii.gz")
+        write_nifti(image[:, :, z0:z1], tmp / f"images{suffix}" / f"{case}_0000.nii.gz")
+        write_nifti(label[:, :, z0:z1], tmp / f"labels{suffix}" / f"{case}.nii.gz")
         meta.add_case(case, domain, split, subject=domain, slab=number, slices=[z0, z1])
     return len(slabs) - len(test)
 
@@ -138,15 +139,15 @@ def build_demo_stream(
     check_id_unused(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-    mni = demo_data._SPECS["mni_tissue"]
+    mni = SLAB_SPECS["mni_tissue"]
     if scenario == "transformed":
-        files = demo_data._mni_files()
+        files = demo_sources.mni_files()
         raw_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".demo_stream_source.", dir=raw_root))
         try:
             source = scratch / "DemoMNITissueSlabs"
             _slab_dataset(source, [("mni152", mni.domain_description,
-                                    lambda: demo_data._load_mni_tissue(files, SPACING_MM))],
+                                    lambda: demo_sources.load_mni_tissue(files, SPACING_MM))],
                           dict(mni.labels), mni.description, mni.reference, mni.licence)
             return transformed_stream(source, dataset_id, raw_root, name=NAMES[scenario], domain="mni152",
                                       num_stages=num_stages, seed=seed, group_by="case", overwrite=overwrite,
@@ -154,15 +155,15 @@ def build_demo_stream(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    colin = demo_data._SPECS["colin_skullstrip"]
-    mni_files, colin_files = demo_data._mni_files(), demo_data._colin_files()
+    colin = SLAB_SPECS["colin_skullstrip"]
+    mni_files, colin_files = demo_sources.mni_files(), demo_sources.colin_files()
     with atomic_directory(target, overwrite=overwrite) as tmp:
         _slab_dataset(
             tmp,
             [("mni152", "MNI ICBM 2009a T1 template, brain only; brain = largest component of T1 > 0",
               lambda: _mni_brain(mni_files, SPACING_MM)),
              ("colin27", "Colin27 T1 head; brain = largest component of ch2bet > 0",
-              lambda: demo_data._load_colin_skullstrip(colin_files, SPACING_MM))],
+              lambda: demo_sources.load_colin_skullstrip(colin_files, SPACING_MM))],
             {"background": 0, "brain": 1},
             "Demo shifting-source stream (ODEx scenario) built by nnunet_ext.dataset_conversion.demo_stream: brain "
             "masks of axial slabs of the MNI152 2009a T1 (brain only) and the Colin27 T1 head, mixed from pure "

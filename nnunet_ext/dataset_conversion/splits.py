@@ -8,6 +8,12 @@ and expand them to cases. The result is written as ``splits_final.json`` (a list
 ``nnUNetv2_plan_and_preprocess`` copies it into ``$nnUNet_preprocessed/DatasetXXX_Name/``, where
 ``nnUNetv2_train`` reads it (nnunetv2 2.8.1 ``ExperimentPlanner.__init__`` / ``_maybe_copy_splits_file``).
 
+Datasets with fixed train / val / test subjects and several domains (the simulated ``brain_scanners``
+demo) get *single-source* folds instead (:func:`single_source_folds`): fold ``k`` trains on domain ``k``'s
+training subjects and validates on domain ``k``'s validation subjects. :func:`install_splits` copies a
+dataset's ``splits_final.json`` into ``$nnUNet_preprocessed`` when preprocessing ran before it existed or
+it changed.
+
 >>> folds = grouped_folds({"p1_ED": "p1", "p1_ES": "p1", "p2_ED": "p2", "p3_ED": "p3"}, num_folds=3, seed=0)
 >>> sorted(len(f["val"]) for f in folds)
 [1, 1, 2]
@@ -15,10 +21,16 @@ and expand them to cases. The result is written as ``splits_final.json`` (a list
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from nnunet_ext.dataset_conversion.common import SPLITS_FILENAME
+from nnunet_ext.utils.atomic import write_text_atomic
+from nnunet_ext.utils.nnunet_paths import nnunet_folder
 
 #: folds of ``splits_final.json`` when the user does not ask for a number (nnU-Net's 5-fold cross-validation)
 DEFAULT_FOLDS = 5
@@ -203,3 +215,73 @@ def deal_stratified(units: Sequence[str], share: Sequence[float], seed: int = 0)
         k = max(open_stages, key=lambda k: (sizes[k] * (i + 1) / n - len(groups[k]), -priority[k]))
         groups[k].append(unit)
     return groups
+
+
+def single_source_folds(case_domain: Mapping[str, str], case_subject: Mapping[str, str],
+                        case_subset: Mapping[str, str], domains: Sequence[str]) -> list[dict[str, list[str]]]:
+    """One nnU-Net fold per domain: fold ``k`` trains on ``domains[k]``'s ``train`` cases and validates on its
+    ``val`` cases (subsets fixed by the dataset, e.g. ``domains.json``'s ``subset``).
+
+    Args:
+        case_domain: case id -> domain, for every training case (``imagesTr``).
+        case_subject: case id -> subject.
+        case_subset: case id -> ``"train"`` or ``"val"``.
+        domains: the fold order.
+
+    Returns:
+        ``[{"train": [...], "val": [...]}, ...]`` (sorted case ids), in nnU-Net's ``splits_final.json`` format.
+
+    Raises:
+        ValueError: a domain without training or validation cases, an unknown subset, or a subject on both
+            sides of any fold (or training in one fold and validating in another).
+    """
+    bad = sorted({v for v in case_subset.values() if v not in ("train", "val")})
+    if bad:
+        raise ValueError(f"case subsets must be 'train' or 'val' for training cases, got {bad}")
+    folds = []
+    for domain in domains:
+        fold = {part: sorted(c for c, d in case_domain.items() if d == domain and case_subset[c] == part)
+                for part in ("train", "val")}
+        empty = [part for part, cases in fold.items() if not cases]
+        if empty:
+            raise ValueError(f"domain {domain!r} has no {' and no '.join(empty)} cases; every fold needs both "
+                             f"(domains with training cases: {sorted(set(case_domain.values()))})")
+        folds.append(fold)
+    check_no_straddling(folds, case_subject)
+    trained = {case_subject[c] for f in folds for c in f["train"]}
+    validated = {case_subject[c] for f in folds for c in f["val"]}
+    if trained & validated:
+        raise ValueError(f"subjects {sorted(trained & validated)} train in one fold and validate in another; give "
+                         f"each subject one subset")
+    return folds
+
+
+def install_splits(raw_dataset: str | os.PathLike, preprocessed: str | os.PathLike | None = None) -> Path:
+    """Copy ``<raw_dataset>/splits_final.json`` to ``<preprocessed>/<dataset>/splits_final.json`` (atomically).
+
+    ``nnUNetv2_plan_and_preprocess`` copies the file itself when it exists before planning (and refuses a
+    different one afterwards); call this after preprocessing when the raw file was written or changed later.
+    Folds already trained with another split keep their old split in their results folder.
+
+    Args:
+        raw_dataset: the raw dataset folder ``$nnUNet_raw/DatasetXXX_Name``.
+        preprocessed: ``$nnUNet_preprocessed`` (default: the environment variable).
+
+    Returns:
+        The installed file.
+
+    Raises:
+        FileNotFoundError: no ``splits_final.json`` in the raw folder, or the dataset is not preprocessed.
+        ValueError: no preprocessed root given or set.
+    """
+    source = Path(raw_dataset) / SPLITS_FILENAME
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist; build the dataset with its splits first")
+    root = Path(preprocessed) if preprocessed is not None else nnunet_folder("preprocessed")
+    target_folder = root / Path(raw_dataset).name
+    if not target_folder.is_dir():
+        raise FileNotFoundError(f"{target_folder} does not exist; run nnUNetv2_plan_and_preprocess -d "
+                                f"{Path(raw_dataset).name[7:10]} first")
+    target = target_folder / SPLITS_FILENAME
+    write_text_atomic(target, source.read_text(encoding="utf-8"))
+    return target

@@ -6,7 +6,11 @@ stages are subjects (``domains.json``'s ``subject``; ``group_by="subject"``, the
 cases (``group_by="case"``, only for datasets whose cases are slabs of one volume, such as the demo
 datasets, where "subject" would put everything in one unit). A unit never straddles stages or the
 train/val/test lists; with ``group_by="subject"`` a subject with both training and test cases in the
-input dataset is refused.
+input dataset is refused. A subject imaged in several of the stream's domains (a travelling subject; every
+subject of the simulated ``brain_scanners`` demo is imaged on every scanner) is used in one of them only:
+such subjects are visited in a seeded random order and each goes to the domain, among its own, that has
+the fewest subjects of its split so far (ties: the earlier domain in the stream order); its cases in the
+other domains are left out, so no anatomy repeats across stages.
 
 **Shifting source** (:func:`shifting_source_stream`): the sources (domains) in ``order`` are mixed with
 weights that slide linearly from pure ``order[0]`` at stage 0 to pure ``order[-1]`` at the last stage
@@ -98,25 +102,40 @@ def _listed(folder: Path, sub: str, file_ending: str) -> list[str]:
     return sorted(p.name[: -len(suffix)] for p in (folder / sub).glob(f"*{suffix}")) if (folder / sub).is_dir() else []
 
 
-def _units(meta: DomainMetadata, domains: Sequence[str], group_by: GroupBy, source: str
+def _units(meta: DomainMetadata, domains: Sequence[str], group_by: GroupBy, source: str, seed: int = 0
            ) -> dict[str, dict[str, dict[str, list[str]]]]:
-    """domain -> split -> unit -> sorted cases; checks that units do not straddle splits or domains."""
+    """domain -> split -> unit -> sorted cases; checks that units do not straddle splits, and keeps a unit found
+    in several ``domains`` in one of them (see the module docstring)."""
     if group_by not in ("subject", "case"):
         raise ValueError(f"group_by must be 'subject' or 'case', got {group_by!r}")
-    out: dict[str, dict[str, dict[str, list[str]]]] = {d: {"train": defaultdict(list), "test": defaultdict(list)}
-                                                       for d in domains}
-    where: dict[str, tuple[str, str]] = {}
+    places: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))  # unit -> domain -> cases
+    split_of: dict[str, tuple[str, str]] = {}
     for case, m in sorted(meta.cases.items()):
-        if m["domain"] not in out:
+        if m["domain"] not in domains:
             continue
         unit = (m.get("subject") or case) if group_by == "subject" else case
         place = (m["domain"], m["split"])
-        if where.setdefault(unit, place) != place:
+        first = split_of.setdefault(unit, place)
+        if first[1] != place[1]:
             raise ValueError(
-                f"{source}: subject {unit!r} has cases in {where[unit]} and {place} (domain, split); a subject must "
-                f"not straddle splits or domains. Fix 'subject' in domains.json, or pass group_by='case' "
+                f"{source}: subject {unit!r} has cases in {first} and {place} (domain, split); a subject must "
+                f"not straddle the train/test split. Fix 'subject' in domains.json, or pass group_by='case' "
                 f"(--group-by case) if the cases are slabs of one volume, as in the demo datasets")
-        out[m["domain"]][m["split"]][unit].append(case)
+        places[unit][m["domain"]].append(case)
+    kept = {u: next(iter(p)) for u, p in places.items() if len(p) == 1}
+    count = {(d, split_of[u][1]): 0 for u in places for d in domains}
+    for u, d in kept.items():
+        count[(d, split_of[u][1])] += 1
+    several = sorted(u for u, p in places.items() if len(p) > 1)
+    for i in np.random.default_rng(seed).permutation(len(several)):
+        u = several[i]
+        d = min(places[u], key=lambda d: (count[(d, split_of[u][1])], domains.index(d)))
+        kept[u] = d
+        count[(d, split_of[u][1])] += 1
+    out: dict[str, dict[str, dict[str, list[str]]]] = {d: {"train": defaultdict(list), "test": defaultdict(list)}
+                                                       for d in domains}
+    for u in places:  # in the order of each unit's first case, as the stages are built from it
+        out[kept[u]][split_of[u][1]][u] = places[u][kept[u]]
     return out
 
 
@@ -214,7 +233,7 @@ def shifting_source_stream(
         raise ValueError(f"num_stages must be 1 or at least the number of sources ({len(order)}: {order}), got "
                          f"{num_stages}; with fewer stages a source in the middle of the order gets no stage")
     _refuse_existing(folder, overwrite)
-    units = _units(meta, order, group_by, str(folder / "domains.json"))
+    units = _units(meta, order, group_by, str(folder / "domains.json"), seed)
     weights = stage_weights(len(order), num_stages)
     rng = np.random.default_rng(seed)
     train_groups: list[list[str]] = [[] for _ in range(num_stages)]

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_ext.cli.main import main
-from nnunet_ext.dataset_conversion import demo_data
+from nnunet_ext.dataset_conversion import demo_data, demo_slabs, demo_sources
 from nnunet_ext.dataset_conversion.demo_data import (
     PROFILES,
     SEVERITIES,
@@ -143,7 +143,7 @@ def test_domains_json_covers_every_case_with_split_and_simulated_flags(dataset: 
 def test_written_cases_keep_the_source_world_coordinates(dataset: tuple[str, Path]) -> None:
     """The foreground centroid in mm, over all real slabs, matches the one computed at the source's 1 mm."""
     name, folder = dataset
-    files = demo_data._SPECS[name].source_files()
+    files = demo_data.DEMO_DATASETS[name].sources()
     if name == "mni_tissue":
         gm, wm = (sitk.ReadImage(str(files[k])) for k in ("gm", "wm"))
         source_mask = sitk.Maximum(gm, wm) > 127
@@ -250,7 +250,7 @@ def test_id_used_by_another_dataset_raises_file_exists(tmp_path: Path) -> None:
 
 
 def _failing_writer(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
-    real = demo_data._write_nifti
+    real = demo_slabs.write_nifti
     calls = []
 
     def write(image: sitk.Image, path: Path) -> None:
@@ -259,7 +259,7 @@ def _failing_writer(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
             raise OSError("disk full (simulated)")
         real(image, path)
 
-    monkeypatch.setattr(demo_data, "_write_nifti", write)
+    monkeypatch.setattr(demo_slabs, "write_nifti", write)
 
 
 def test_failure_mid_build_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,13 +281,13 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path, monkeypatch: pyt
 
 def test_availability_reports_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert available_demo_datasets()["mni_tissue"] is None
-    monkeypatch.setattr(demo_data, "MRICRON_TEMPLATES", tmp_path / "nowhere")
+    monkeypatch.setattr(demo_sources, "MRICRON_TEMPLATES", tmp_path / "nowhere")
     assert "apt-get install mricron-data" in available_demo_datasets()["colin_skullstrip"]
     with pytest.raises(RuntimeError, match="apt-get install mricron-data"):
         build_demo_dataset("colin_skullstrip", 991, tmp_path, profile="tiny")
-    real_find_spec = demo_data.importlib.util.find_spec
+    real_find_spec = demo_sources.importlib.util.find_spec
     monkeypatch.setattr(
-        demo_data.importlib.util, "find_spec", lambda n, *a: None if n == "nilearn" else real_find_spec(n, *a)
+        demo_sources.importlib.util, "find_spec", lambda n, *a: None if n == "nilearn" else real_find_spec(n, *a)
     )
     assert "pip install nilearn" in available_demo_datasets()["mni_tissue"]
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -311,6 +311,6 @@ def test_cli_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert "export nnUNet_raw=DIR" in capsys.readouterr().err
     assert main(["demo-data", "all", "--id", "5", "--raw-root", "x"]) == 2
     assert "--id names one dataset" in capsys.readouterr().err
-    monkeypatch.setattr(demo_data, "MRICRON_TEMPLATES", Path("/nowhere"))
+    monkeypatch.setattr(demo_sources, "MRICRON_TEMPLATES", Path("/nowhere"))
     assert main(["demo-data", "colin-skullstrip", "--raw-root", "x"]) == 2
     assert "apt-get install mricron-data" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from nnunet_ext.dataset_conversion.splits import (
     check_no_straddling,
     grouped_folds,
     holdout_subjects,
+    install_splits,
+    single_source_folds,
 )
 from nnunet_ext.evaluation.per_domain import evaluate_folder
 from nnunet_ext.utils import nnunet_commands as cmd
@@ -44,6 +46,42 @@ def test_holdout_subjects() -> None:
     assert holdout_subjects(subjects, 0.0, 0) == set() and holdout_subjects(["one"], 0.5, 0) == set()
     with pytest.raises(ValueError, match="test fraction"):
         holdout_subjects(subjects, 1.0, 0)
+
+
+def test_single_source_folds_train_and_validate_on_one_domain_each() -> None:
+    domains = ["ge_3", "siemens_15", "philips_3"]
+    subset = {"s0": "train", "s1": "train", "s2": "val"}
+    case_domain = {f"{d}_{s}": d for d in domains for s in subset}
+    case_subject = {c: c.rsplit("_", 1)[1] for c in case_domain}
+    case_subset = {c: subset[case_subject[c]] for c in case_domain}
+    folds = single_source_folds(case_domain, case_subject, case_subset, domains)
+    assert folds[1] == {"train": ["siemens_15_s0", "siemens_15_s1"], "val": ["siemens_15_s2"]}
+    assert [{case_domain[c] for c in f["train"] + f["val"]} for f in folds] == [{d} for d in domains]
+    with pytest.raises(ValueError, match=r"domain 'canon_3' has no train and no val cases"):
+        single_source_folds(case_domain, case_subject, case_subset, [*domains, "canon_3"])
+    leaky = case_subset | {"ge_3_s1": "val", "ge_3_s2": "train"}  # s1, s2 swap roles on ge_3 only
+    with pytest.raises(ValueError, match=r"\['s1', 's2'\] train in one fold and validate in another"):
+        single_source_folds(case_domain, case_subject, leaky, domains)
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        single_source_folds(case_domain, case_subject, case_subset | {"ge_3_s0": "test"}, domains)
+
+
+def test_install_splits_copies_into_the_preprocessed_dataset(tmp_path: Path, monkeypatch) -> None:
+    raw = tmp_path / "raw" / "Dataset992_X"
+    raw.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="splits_final.json does not exist"):
+        install_splits(raw, tmp_path / "pre")
+    (raw / "splits_final.json").write_text('[{"train": ["a"], "val": ["b"]}]')
+    with pytest.raises(FileNotFoundError, match=r"nnUNetv2_plan_and_preprocess -d 992 first"):
+        install_splits(raw, tmp_path / "pre")
+    (tmp_path / "pre" / raw.name).mkdir(parents=True)
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    with pytest.raises(ValueError, match="export nnUNet_preprocessed"):
+        install_splits(raw)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    target = install_splits(raw)
+    assert target == tmp_path / "pre" / raw.name / "splits_final.json"
+    assert json.loads(target.read_text()) == [{"train": ["a"], "val": ["b"]}]
 
 
 @pytest.mark.e2e

@@ -108,6 +108,35 @@ def test_shifting_source_errors(dataset: Path) -> None:
     assert len(shifting_source_stream(dataset, ["a", "b"], 2, overwrite=True, group_by="case")) == 2
 
 
+def test_shifting_source_uses_a_travelling_subject_in_one_domain_only(tmp_path: Path) -> None:
+    """Every subject imaged in every domain: each is used once, and the domains share the subjects evenly."""
+    folder = tmp_path / "raw" / "Dataset801_Travelling"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True)
+    meta = DomainMetadata()
+    domains = ["a", "b", "c"]
+    for d in domains:
+        meta.add_domain(d, f"scanner {d}", simulated=True)
+        for s in range(11):
+            split = "test" if s >= 8 else "train"
+            _write(folder, f"{d}_s{s}", split, shift=s % 3)
+            meta.add_case(f"{d}_s{s}", d, split, subject=f"s{s}")
+    save_domains(meta, folder)
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1"}, "labels": {"background": 0, "square": 1}, "numTraining": 24,
+        "file_ending": ".nii.gz"}))
+    stream = shifting_source_stream(folder, domains, num_stages=3, val_fraction=0.0, seed=3)
+    used = [c for stage in stream.stages for c in stage.train + stage.val + stage.test]
+    subjects = [meta.cases[c]["subject"] for c in used]
+    assert sorted(subjects) == sorted(f"s{s}" for s in range(11))  # every subject once, in one domain
+    for k, stage in enumerate(stream.stages):
+        assert {meta.cases[c]["domain"] for c in stage.train + stage.test} == {domains[k]}
+    assert sorted(len(stage.train) for stage in stream.stages) == [2, 3, 3]
+    assert sorted(len(stage.test) for stage in stream.stages) == [1, 1, 1]
+    again = shifting_source_stream(folder, domains, num_stages=3, val_fraction=0.0, seed=3, overwrite=True)
+    assert again.stages == stream.stages
+
+
 def test_deal_stratified_spreads_every_stage_over_the_order() -> None:
     units = [f"u{i:02d}" for i in range(14)]
     for share in ([1, 1, 1, 1, 1], [1, 0.75, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.75, 1]):
