@@ -35,6 +35,14 @@ a coarse grid of ``N(0, 1)`` control points (``grid_cells`` cells per axis, i.e.
 1/4 of the patch side by default), evaluated at every voxel and min-max rescaled per sample to ``[0, 1]``.
 With ``"standardize"`` the two views are re-standardised to the input's statistics too.
 
+**Consistency.** The segmentation network's predictions on the two views are pulled together by a KL term
+(:func:`view_consistency`): with softmax outputs ``p_a``, ``p_b`` and their mean ``p = (p_a + p_b) / 2``::
+
+    L_cons = 1/2 * sum_{v in {a, b}} mean_{n, k, voxels} [ p_k * (log p_k - log p_{v,k}) ]
+
+i.e. ``KL(p || p_v)`` per voxel averaged over the ``K`` classes as well (``torch.nn.KLDivLoss`` with its
+element-wise ``"mean"`` reduction, which the authors' code uses with weight 10), gradients through ``p`` too.
+
 Randomness is drawn only in :func:`sample_gin_parameters` / :func:`sample_ipa_parameters` (from one
 ``torch.Generator``); :func:`apply_gin` / :func:`apply_ipa` are deterministic. :func:`random_gin` and
 :func:`random_ipa` do both under ``torch.no_grad()``: no gradient flows through the augmentation.
@@ -81,6 +89,7 @@ __all__ = [
     "sample_control_points",
     "sample_gin_parameters",
     "sample_ipa_parameters",
+    "view_consistency",
 ]
 
 Normalization = Literal["standardize", "frobenius"]
@@ -453,3 +462,27 @@ def random_ipa(x: torch.Tensor, config: GINConfig = GINConfig(), grid_cells: int
     params = sample_ipa_parameters(x.shape[0], x.shape[1], spatial_dims, config, grid_cells, generator,
                                    x.device, x.dtype)
     return apply_ipa(x, params, config)
+
+
+def view_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """KL consistency between the class predictions on two views (formula in the module docstring).
+
+    Computed in float32 (also under autocast). Zero when the two softmax outputs are equal.
+
+    Args:
+        logits_a: network output (logits) on view a.
+        logits_b: network output on view b.
+
+    Shape:
+        ``(B, K, *spatial)`` each; output: scalar.
+
+    Raises:
+        ValueError: the two outputs differ in shape or have fewer than 2 axes.
+    """
+    if logits_a.shape != logits_b.shape or logits_a.ndim < 2:
+        raise ValueError(f"logits_a and logits_b must have one shape (B, K, *spatial), got {tuple(logits_a.shape)} "
+                         f"and {tuple(logits_b.shape)}")
+    log_p = torch.stack([F.log_softmax(logits_a.float(), dim=1), F.log_softmax(logits_b.float(), dim=1)])
+    mean = log_p.exp().mean(0)
+    kl = torch.xlogy(mean, mean) - mean * log_p  # (2, B, K, *spatial)
+    return kl.mean()

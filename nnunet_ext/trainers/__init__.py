@@ -190,3 +190,33 @@ __all__ += [
     "nnUNetTrainerStyleCurriculum_scl",
     "nnUNetTrainerStyleCurriculum_smoke",
 ]
+
+from nnunet_ext.trainers.gin import (  # noqa: E402
+    GINIPAMixin,
+    GINMixin,
+    nnUNetTrainerCateNormGIN,
+    nnUNetTrainerCateNormGIN_smoke,
+    nnUNetTrainerGIN,
+    nnUNetTrainerGIN_smoke,
+    nnUNetTrainerGINDA5,
+    nnUNetTrainerGINDA5_smoke,
+    nnUNetTrainerGINIPA,
+    nnUNetTrainerGINIPA_smoke,
+    nnUNetTrainerStyleCurriculumDA5,
+    nnUNetTrainerStyleCurriculumDA5_smoke,
+)
+
+__all__ += [
+    "GINIPAMixin",
+    "GINMixin",
+    "nnUNetTrainerCateNormGIN",
+    "nnUNetTrainerCateNormGIN_smoke",
+    "nnUNetTrainerGIN",
+    "nnUNetTrainerGIN_smoke",
+    "nnUNetTrainerGINDA5",
+    "nnUNetTrainerGINDA5_smoke",
+    "nnUNetTrainerGINIPA",
+    "nnUNetTrainerGINIPA_smoke",
+    "nnUNetTrainerStyleCurriculumDA5",
+    "nnUNetTrainerStyleCurriculumDA5_smoke",
+]

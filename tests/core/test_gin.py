@@ -247,3 +247,18 @@ def test_bad_inputs_name_the_argument():
     ipa = sample_ipa_parameters(2, 1, 2, generator=_gen(0))
     with pytest.raises(ValueError, match="control points"):
         apply_ipa(torch.zeros(2, 1, 8, 8, 8), ipa)
+
+
+def test_view_consistency_equals_the_kl_definition():
+    a, b = torch.randn(2, 3, 5, 6, generator=_gen(0)), torch.randn(2, 3, 5, 6, generator=_gen(1))
+    pa, pb = a.softmax(1), b.softmax(1)
+    mean = (pa + pb) / 2
+    ref = 0.5 * sum(F.kl_div(p.log(), mean, reduction="sum") / mean.numel() for p in (pa, pb))
+    torch.testing.assert_close(gin.view_consistency(a, b), ref)
+    assert gin.view_consistency(a, a + 5.0) < 1e-7  # equal softmax: no penalty
+    assert gin.view_consistency(a, b) > 0
+    a.requires_grad_(True)
+    gin.view_consistency(a, b).backward()
+    assert a.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="logits_a and logits_b"):
+        gin.view_consistency(a, b[:1])
