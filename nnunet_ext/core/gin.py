@@ -12,12 +12,13 @@ random weights maps a sample ``x`` (``C`` channels) to ``C`` channels::
 
 with ``L = 4`` layers, 2 intermediate channels, every kernel ``k x k`` (``k x k x k`` in 3D) with ``k`` drawn
 from ``{1, 3}`` per layer (shared by the batch), weights and biases ``~ N(0, 1)`` drawn per sample, LeakyReLU
-slope 0.01, zero padding (same size). The channels are transformed jointly (the first layer sees all ``C``
-input channels, the last returns ``C``), as the paper does with its 3-channel input. The output is mixed
-with the input by ``alpha ~ U(0, 1)`` per sample and re-normalised::
+slope 0.01, zero padding (same size): the settings of the authors' code. The channels are transformed
+jointly (the first layer sees all ``C`` input channels, the last returns ``C``), as the authors' code does
+with its 3-channel input. The output is mixed with the input by ``alpha ~ U(0, 1)`` per sample and
+re-normalised::
 
     m = alpha * g(x) + (1 - alpha) * x
-    "frobenius":   out = m * ||x||_F / ||m||_F                       (the paper; norms per sample, all channels)
+    "frobenius":   out = m * ||x||_F / ||m||_F                       (the paper; per sample over all channels)
     "standardize": out = (m - mean(m)) / std(m) * std(x) + mean(x)  (per sample and channel; our default)
 
 ``"standardize"`` keeps each sample's per-channel mean and standard deviation, so nnU-Net's z-scored inputs
@@ -98,7 +99,7 @@ _EPS = 1e-5
 
 @dataclass(frozen=True)
 class GINConfig:
-    """Settings of one GIN network (defaults: the paper's).
+    """Settings of one GIN network (defaults: the authors' code, with our ``"standardize"`` normalization).
 
     Args:
         n_layers: convolutions ``L`` (>= 1); LeakyReLU after all but the last.
@@ -430,7 +431,7 @@ def apply_ipa(x: torch.Tensor, params: IPAParameters,
 
     ``view_a = b * g_1(x) + (1 - b) * g_2(x)``, ``view_b = (1 - b) * g_1(x) + b * g_2(x)``, each re-standardised
     to ``x``'s per-sample, per-channel statistics with ``normalization="standardize"`` (unchanged with
-    ``"frobenius"``, as the paper).
+    ``"frobenius"``, as the authors' code).
 
     Shape:
         ``x``: ``(B, C, H, W)`` or ``(B, C, D, H, W)``; each view: the same.

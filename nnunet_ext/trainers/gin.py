@@ -75,6 +75,7 @@ __all__ = [
 GIN_LOG_FILENAME = "gin.json"
 
 Target = torch.Tensor | list[torch.Tensor]
+_DEFAULTS = GINConfig()  # the trainers' defaults are the core's (authors' settings, our normalization)
 
 
 def _batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, Target]:
@@ -93,7 +94,7 @@ class PairedConsistencyLoss(nn.Module):
 
     Args:
         segmentation_loss: nnU-Net's loss (``DeepSupervisionWrapper`` or a plain loss).
-        weight: consistency weight (paper: 10).
+        weight: consistency weight (authors' code: 10).
 
     Attributes:
         records: ``(segmentation loss, consistency)`` of every paired call, detached.
@@ -121,7 +122,7 @@ class PairedConsistencyLoss(nn.Module):
             return segmentation
         logits = output[0] if isinstance(output, (list, tuple)) else output
         if logits.shape[0] % 2:
-            raise ValueError(f"a paired batch needs an even number of samples (views a, then b), got "
+            raise RuntimeError(f"a paired batch needs an even number of samples (views a, then b), got "
                              f"{logits.shape[0]}")
         view_a, view_b = logits.chunk(2)
         consistency = view_consistency(view_a, view_b)
@@ -133,23 +134,23 @@ class _GINAugmentation:
     """Settings, generator and ``gin.json`` log shared by :class:`GINMixin` and :class:`GINIPAMixin`.
 
     Attributes:
-        gin_n_layers: convolutions per GIN network (paper: 4).
-        gin_interm_channels: channels between them (paper: 2).
-        gin_kernel_sizes: kernel sizes, one drawn per layer and batch (paper: 1 or 3).
+        gin_n_layers: convolutions per GIN network (authors' code: 4).
+        gin_interm_channels: channels between them (authors' code: 2).
+        gin_kernel_sizes: kernel sizes, one drawn per layer and batch (authors' code: 1 or 3).
         gin_negative_slope: LeakyReLU slope (authors' code: torch's default 0.01).
-        gin_alpha_range: range of the per-sample mixing coefficient ``alpha`` (paper: U(0, 1)).
+        gin_alpha_range: range of the per-sample mixing coefficient ``alpha`` (authors' code: U(0, 1)).
         gin_normalization: ``"standardize"`` (default: per sample and channel back to the input's mean and std,
             so nnU-Net's z-scored inputs stay z-scored) or ``"frobenius"`` (the paper's norm matching only).
         gin_seed: seed of the augmentation's own ``torch.Generator``; None: drawn from torch's global generator
             once the network is built (so ``CPUBudgetMixin.seed`` makes runs repeat). DDP ranks add their rank.
     """
 
-    gin_n_layers: int = 4
-    gin_interm_channels: int = 2
-    gin_kernel_sizes: tuple[int, ...] = (1, 3)
-    gin_negative_slope: float = 0.01
-    gin_alpha_range: tuple[float, float] = (0.0, 1.0)
-    gin_normalization: str = "standardize"
+    gin_n_layers: int = _DEFAULTS.n_layers
+    gin_interm_channels: int = _DEFAULTS.interm_channels
+    gin_kernel_sizes: tuple[int, ...] = _DEFAULTS.kernel_sizes
+    gin_negative_slope: float = _DEFAULTS.negative_slope
+    gin_alpha_range: tuple[float, float] = _DEFAULTS.alpha_range
+    gin_normalization: str = _DEFAULTS.normalization
     gin_seed: int | None = None
 
     def gin_config(self) -> GINConfig:
@@ -225,7 +226,7 @@ class GINIPAMixin(_GINAugmentation):
     Attributes:
         ipa_grid_cells: B-spline cells of the blending map per spatial axis (int or one per axis); 4 = a
             control-point spacing of 1/4 of the patch side (authors' setting for 192 x 192 images).
-        ipa_consistency_weight: weight of the consistency term (paper: 10).
+        ipa_consistency_weight: weight of the consistency term (authors' code: 10).
         gin_*: as :class:`GINMixin`.
     """
 
@@ -274,11 +275,11 @@ class GINIPAMixin(_GINAugmentation):
 
 
 class nnUNetTrainerGIN(GINMixin, nnUNetTrainer):
-    """Stock nnU-Net with GIN on every training batch (paper settings)."""
+    """Stock nnU-Net with GIN on every training batch (the authors' settings)."""
 
 
 class nnUNetTrainerGINIPA(GINIPAMixin, nnUNetTrainer):
-    """Stock nnU-Net with GIN-IPA: two views per sample, consistency weight 10 (paper settings)."""
+    """Stock nnU-Net with GIN-IPA: two views per sample, consistency weight 10 (the authors' settings)."""
 
 
 class nnUNetTrainerGINDA5(GINMixin, nnUNetTrainerDA5):
@@ -294,19 +295,23 @@ class nnUNetTrainerStyleCurriculumDA5(StyleCurriculumMixin, nnUNetTrainerDA5):
 
 
 class nnUNetTrainerGIN_smoke(CPUBudgetMixin, nnUNetTrainerGIN):
-    """End-to-end test budget (as ``nnUNetTrainerCPU_smoke``: 4 epochs x 15 iterations, seed 0)."""
+    """CPU test budget: 8 epochs x 25 iterations, seed 0 (as ``nnUNetTrainerGINIPA_smoke``)."""
 
-    epochs = 4
-    budget_iterations = 15
+    epochs = 8
+    budget_iterations = 25
     budget_val_iterations = 2
     seed = 0
 
 
 class nnUNetTrainerGINIPA_smoke(CPUBudgetMixin, nnUNetTrainerGINIPA):
-    """End-to-end test budget (as ``nnUNetTrainerCPU_smoke``: 4 epochs x 15 iterations, seed 0)."""
+    """End-to-end test budget: 8 epochs x 25 iterations, seed 0.
 
-    epochs = 4
-    budget_iterations = 15
+    GIN-IPA learns more slowly than stock nnU-Net early on: with the stock smoke budget (4 x 15) the tiny demo
+    model reached a test Dice of 0.03 (white matter never predicted); with 8 x 25 it reached 0.65 (seed 0).
+    """
+
+    epochs = 8
+    budget_iterations = 25
     budget_val_iterations = 2
     seed = 0
 

@@ -211,8 +211,8 @@ def test_ipa_blend_limits_and_views(shape):
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    ({"n_layers": 0}, "n_layers"), ({"interm_channels": 1.5}, "interm_channels"), ({"kernel_sizes": (2,)}, "kernel_sizes"),
-    ({"kernel_sizes": ()}, "kernel_sizes"), ({"negative_slope": -0.1}, "negative_slope"),
+    ({"n_layers": 0}, "n_layers"), ({"interm_channels": 1.5}, "interm_channels"),
+    ({"kernel_sizes": (2,)}, "kernel_sizes"), ({"kernel_sizes": ()}, "kernel_sizes"), ({"negative_slope": -0.1}, "negative_slope"),
     ({"alpha_range": (0.6, 0.2)}, "alpha_range"), ({"alpha_range": (0.0, 1.5)}, "alpha_range"),
     ({"normalization": "l2"}, "normalization")])
 def test_bad_config_names_the_argument(kwargs, name):
@@ -262,3 +262,10 @@ def test_view_consistency_equals_the_kl_definition():
     assert a.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="logits_a and logits_b"):
         gin.view_consistency(a, b[:1])
+
+
+def test_constant_patch_is_returned_unchanged():
+    x = torch.full((2, 1, 8, 8), -0.7)
+    torch.testing.assert_close(random_gin(x, generator=_gen(0)), x)
+    for v in random_ipa(x, generator=_gen(0)):
+        torch.testing.assert_close(v, x)

@@ -30,7 +30,7 @@ from nnunet_ext.trainers.gin import (
     nnUNetTrainerGINIPA,
     nnUNetTrainerStyleCurriculumDA5_smoke,
 )
-from tests.conftest import make_trainer
+from tests.conftest import count_optimizer_steps, make_trainer
 
 pytestmark = pytest.mark.e2e
 
@@ -63,18 +63,6 @@ def _generator_copy(trainer) -> torch.Generator:
     return g
 
 
-def _count_steps(trainer) -> list[int]:
-    calls = [0]
-    step = trainer.optimizer.step
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = counted
-    return calls
-
-
 def _transform_names(t) -> set[str]:
     names = {type(t).__name__}
     for attr in ("transforms", "transform", "list_of_transforms"):
@@ -99,7 +87,7 @@ def test_gin_step_feeds_gin_views_to_the_network(tiny_workspace, monkeypatch, tm
     g = _generator_copy(trainer)
     expected = apply_gin(batch["data"], sample_gin_parameters(2, 1, 2, trainer.gin_config(), g))
     calls = _spy_forward(trainer.network)
-    steps = _count_steps(trainer)
+    steps = count_optimizer_steps(trainer)
     out = trainer.train_step(batch)
     assert np.isfinite(out["loss"]) and steps[0] == 1 and len(calls) == 1
     seen = calls[0][0]
@@ -126,7 +114,7 @@ def test_gin_ipa_step_two_views_consistency_and_amp_cycle(tiny_workspace, monkey
         return seg_losses[-1][2]
 
     trainer.loss.segmentation_loss.forward = recording_segmentation_loss
-    steps = _count_steps(trainer)
+    steps = count_optimizer_steps(trainer)
     out = trainer.train_step(batch)
     assert steps[0] == 1 and len(calls) == 1
     torch.testing.assert_close(calls[0][0], torch.cat([view_a, view_b]))  # [views a; views b], 2B samples
@@ -176,7 +164,7 @@ def test_catenorm_gin_applies_both(tiny_workspace, monkeypatch, tmp_path):
     g = _generator_copy(trainer)
     expected = apply_gin(batch["data"], sample_gin_parameters(2, 1, 2, trainer.gin_config(), g))
     calls = _spy_forward(net)
-    steps = _count_steps(trainer)
+    steps = count_optimizer_steps(trainer)
     out = trainer.train_step(batch)
     assert np.isfinite(out["loss"]) and steps[0] == 2
     assert [kw.get("branch") for _, kw in calls] == ["plain", "catenorm"] and calls[1][1]["mask"] is not None
@@ -206,7 +194,7 @@ def test_style_curriculum_da5_runs_the_curriculum_on_da5_batches(tiny_workspace,
                            epochs=2, iterations=2)
     assert "LocalGammaTransform" in _training_transform_names(trainer)
     trainer.initialize()
-    steps = _count_steps(trainer)
+    steps = count_optimizer_steps(trainer)
     trainer.run_training()
     assert steps[0] == 2 * 1 + 2 * (trainer.curriculum_n + 1)  # warm-up epoch: 1 update per batch; then n + 1
 
