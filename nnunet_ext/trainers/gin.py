@@ -22,7 +22,8 @@ Per-epoch values go to ``<fold folder>/gin.json``: the settings, and per epoch t
 loss nnU-Net logs as ``train_losses`` is their weighted sum).
 
 Combining: put the mixin first, ``class MyTrainer(GINMixin, nnUNetTrainerCateNorm): pass``. Shipped:
-``nnUNetTrainerGIN``, ``nnUNetTrainerGINIPA``, ``nnUNetTrainerGINDA5`` (GIN after DA5's pipeline),
+``nnUNetTrainerGIN``, ``nnUNetTrainerGINIPA`` (``_keepBatch``: nnU-Net's network batch size),
+``nnUNetTrainerGINDA5`` (GIN after DA5's pipeline),
 ``nnUNetTrainerCateNormGIN``, ``nnUNetTrainerStyleCurriculumDA5`` (LSCL + DA5), and ``_smoke`` budgets.
 """
 
@@ -66,6 +67,7 @@ __all__ = [
     "nnUNetTrainerGINDA5",
     "nnUNetTrainerGINDA5_smoke",
     "nnUNetTrainerGINIPA",
+    "nnUNetTrainerGINIPA_keepBatch",
     "nnUNetTrainerGINIPA_smoke",
     "nnUNetTrainerGIN_smoke",
     "nnUNetTrainerStyleCurriculumDA5",
@@ -227,17 +229,22 @@ class GINIPAMixin(_GINAugmentation):
         ipa_grid_cells: B-spline cells of the blending map per spatial axis (int or one per axis); 4 = a
             control-point spacing of 1/4 of the patch side (authors' setting for 192 x 192 images).
         ipa_consistency_weight: weight of the consistency term (authors' code: 10).
+        ipa_keep_batch_size: False (the paper): both views of every sample, i.e. twice nnU-Net's batch through
+            the network. True: both views of a random half of the samples (``B // 2``, at least 1), so the
+            network batch stays nnU-Net's (GPU memory, time per iteration) and each iteration sees half the cases.
         gin_*: as :class:`GINMixin`.
     """
 
     ipa_grid_cells: int | tuple[int, ...] = 4
     ipa_consistency_weight: float = 10.0
+    ipa_keep_batch_size: bool = False
 
     def gin_settings(self) -> dict[str, Any]:
         cells = self.ipa_grid_cells
         return {**super().gin_settings(), "ipa_grid_cells": list(cells) if isinstance(cells, tuple) else cells,
                 "ipa_consistency_weight": self.ipa_consistency_weight,
-                "consistency_on": "full-resolution output", "views_per_sample": 2}
+                "ipa_keep_batch_size": self.ipa_keep_batch_size, "consistency_on": "full-resolution output",
+                "views_per_sample": 2}
 
     def initialize(self):
         if self.label_manager.has_regions:
@@ -254,6 +261,11 @@ class GINIPAMixin(_GINAugmentation):
 
     def train_step(self, batch: dict) -> dict:
         data, target = _batch_to_device(batch, self.device)
+        if self.ipa_keep_batch_size and data.shape[0] > 1:
+            keep = torch.randperm(data.shape[0], generator=self._gin_generator)[: data.shape[0] // 2]
+            keep = keep.sort().values.to(data.device)
+            data = data[keep]
+            target = [t[keep] for t in target] if isinstance(target, list) else target[keep]
         with torch.no_grad():
             params = sample_ipa_parameters(data.shape[0], data.shape[1], data.ndim - 2, self._gin,
                                            self.ipa_grid_cells, self._gin_generator, data.device, data.dtype)
@@ -280,6 +292,12 @@ class nnUNetTrainerGIN(GINMixin, nnUNetTrainer):
 
 class nnUNetTrainerGINIPA(GINIPAMixin, nnUNetTrainer):
     """Stock nnU-Net with GIN-IPA: two views per sample, consistency weight 10 (the authors' settings)."""
+
+
+class nnUNetTrainerGINIPA_keepBatch(nnUNetTrainerGINIPA):
+    """GIN-IPA with nnU-Net's network batch size: both views of half of each batch's samples."""
+
+    ipa_keep_batch_size = True
 
 
 class nnUNetTrainerGINDA5(GINMixin, nnUNetTrainerDA5):

@@ -28,6 +28,7 @@ from nnunet_ext.trainers.gin import (
     nnUNetTrainerGIN,
     nnUNetTrainerGINDA5,
     nnUNetTrainerGINIPA,
+    nnUNetTrainerGINIPA_keepBatch,
     nnUNetTrainerStyleCurriculumDA5_smoke,
 )
 from tests.conftest import count_optimizer_steps, make_trainer
@@ -129,6 +130,20 @@ def test_gin_ipa_step_two_views_consistency_and_amp_cycle(tiny_workspace, monkey
     # outside train_step (validation) the loss is nnU-Net's alone
     plain = trainer.loss(output, target)
     torch.testing.assert_close(plain, s)
+
+
+def test_gin_ipa_keep_batch_feeds_both_views_of_half_the_cases(tiny_workspace, monkeypatch, tmp_path):
+    trainer = make_trainer(nnUNetTrainerGINIPA_keepBatch, tiny_workspace, monkeypatch, tmp_path)
+    trainer.initialize()
+    trainer.network.train()
+    batch = _batch(trainer, n=4)
+    g = _generator_copy(trainer)
+    keep = torch.randperm(4, generator=g)[:2].sort().values
+    view_a, view_b = apply_ipa(batch["data"][keep], sample_ipa_parameters(2, 1, 2, trainer.gin_config(), 4, g))
+    calls = _spy_forward(trainer.network)
+    trainer.train_step(batch)
+    torch.testing.assert_close(calls[0][0], torch.cat([view_a, view_b]))  # 4 samples: nnU-Net's batch size
+    assert trainer.loss.records and len(trainer._gin_epoch["consistency_loss"]) == 1
 
 
 def test_gin_ipa_training_log_and_stock_network(tiny_workspace, monkeypatch, tmp_path):
