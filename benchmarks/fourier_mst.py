@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.nnunet_paths import fold_folder, model_folder
 from nnunet_ext.utils.plotting import default_style
 from bench_common import machine_facts, prepare_demo_workspace, seed_everything, trainer_class
 
@@ -66,8 +67,8 @@ def train(work: Path, dataset_dir: Path, trainer: str, seed: int, epochs: int, i
     import torch
 
     results = work / "runs" / trainer / f"seed{seed}" / "results"
-    model = results / dataset_dir.name / f"{trainer}__nnUNetPlans__2d"
-    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+    model = model_folder(dataset_dir.name, trainer, results_root=results)
+    if (fold_folder(model, 0) / "checkpoint_final.pth").is_file():
         return model
     os.environ["nnUNet_results"] = str(results)
     pre = work / "nnUNet_preprocessed" / dataset_dir.name

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils import nnunet_paths
 from nnunet_ext.utils.plotting import default_style
 from bench_common import machine_facts, seed_everything, time_calls, trainer_class
 
@@ -124,10 +125,10 @@ def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_ext.streams import read_stream
 
-    pre_root = os.environ.get("nnUNet_preprocessed")
-    if not pre_root:
-        raise SystemExit("--dataset needs $nnUNet_preprocessed (and $nnUNet_raw for ids and names), the stock nnU-Net "
-                         "variables")
+    try:
+        pre_root = nnunet_paths.nnunet_folder("preprocessed")
+    except ValueError as e:
+        raise SystemExit(f"--dataset needs the stock nnU-Net variables ($nnUNet_raw for ids and names too): {e}") from None
     folders = {}
     for dataset in datasets:
         try:
@@ -135,7 +136,7 @@ def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]
         except UserError as e:
             raise SystemExit(str(e)) from None
         read_stream(folder)  # a dataset without a valid stream.json fails here, naming the file
-        plans = Path(pre_root) / folder.name / "nnUNetPlans.json"
+        plans = pre_root / folder.name / "nnUNetPlans.json"
         manager = PlansManager(str(plans)) if plans.is_file() else None
         known = manager is not None and configuration in manager.available_configurations
         if not known or not (plans.parent / manager.get_configuration(configuration).data_identifier).is_dir():
@@ -149,11 +150,10 @@ def run_dir_of(work: Path, scenario: str, method: str, seed: int) -> Path:
     return work / "runs" / scenario / method / f"seed{seed}"
 
 
-def model_folder(run_dir: Path, configuration: str) -> Path:
-    folders = sorted((run_dir / "results").glob(f"Dataset*/*__nnUNetPlans__{configuration}"))
-    if len(folders) != 1:
-        raise RuntimeError(f"expected one model folder under {run_dir / 'results'}, found {folders}")
-    return folders[0]
+def model_folder(run_dir: Path, dataset_dir: Path, method: str, configuration: str) -> Path:
+    """The model folder ``method``'s training run in ``run_dir`` wrote (its own ``nnUNet_results``)."""
+    return nnunet_paths.model_folder(dataset_dir.name, BY_NAME[method].trainer, configuration=configuration,
+                                     results_root=run_dir / "results")
 
 
 # ------------------------------------------------------------------------------------------ one training run
@@ -163,7 +163,7 @@ def train_child(args: argparse.Namespace) -> int:
 
     method, dataset_dir = BY_NAME[args.method], args.dataset_dir
     os.environ.update(nnUNet_results=str(args.run_dir / "results"), nnUNet_n_proc_DA="0")
-    pre = Path(os.environ["nnUNet_preprocessed"]) / dataset_dir.name  # set by the parent (demo) or the user
+    pre = nnunet_paths.dataset_folder("preprocessed", dataset_dir.name)  # set by the parent (demo) or the user
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
     dataset_json = json.loads((pre / "dataset.json").read_text())
@@ -272,7 +272,7 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
 
     num_stages = len(read_stream(dataset_dir / "stream.json"))
     for name in methods:
-        folder = model_folder(run_dir_of(work, scenario, name, seed), configuration)
+        folder = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration)
         if BY_NAME[name].stream:
             earlier = report / "predictions" / name  # kept from an earlier evaluation of the same model
             if all((earlier / f"after{k}").is_dir() for k in range(num_stages)):
@@ -289,7 +289,7 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
                 link = preds / name / f"after{k}"
                 if not link.exists():
                     link.symlink_to(final.name)
-    seq = model_folder(run_dir_of(work, scenario, "Seq", seed), configuration)
+    seq = model_folder(run_dir_of(work, scenario, "Seq", seed), dataset_dir, "Seq", configuration)
     baseline = preds / "random_init"
     if not baseline.is_dir():
         _predict_folder(seq, INIT_CHECKPOINT, images, baseline, device)
@@ -306,11 +306,12 @@ def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, conf
 
     nets, folders = {}, {}
     for name in ("Seq", "ODEx"):
-        folders[name] = model_folder(run_dir_of(work, scenario, name, seed), configuration)
+        folders[name] = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration)
         plans = PlansManager(str(folders[name] / "plans.json"))
         cm = plans.get_configuration(configuration)
         dataset_json = json.loads((folders[name] / "dataset.json").read_text())
-        ckpt = torch.load(folders[name] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        ckpt = torch.load(nnunet_paths.fold_folder(folders[name], 0) / "checkpoint_final.pth", map_location="cpu",
+                          weights_only=False)
         net = trainer_class(ckpt["trainer_name"]).build_network_architecture(
             plans, cm, len(dataset_json["channel_names"]), len(dataset_json["labels"]), enable_deep_supervision=False)
         net.load_state_dict(ckpt["network_weights"])
@@ -337,7 +338,8 @@ def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, conf
     pmed = {n: statistics.median(v) for n, v in predict.items()}
     return {"forward_s": med, "predict_s": pmed, "forward_ratio": med["ODEx"] / med["Seq"],
             "predict_ratio": pmed["ODEx"] / pmed["Seq"],
-            "model_mb": {n: (f / "fold_0" / "checkpoint_final.pth").stat().st_size / 2**20 for n, f in folders.items()}}
+            "model_mb": {n: (nnunet_paths.fold_folder(f, 0) / "checkpoint_final.pth").stat().st_size / 2**20
+                         for n, f in folders.items()}}
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, model_folder
 from nnunet_ext.utils.plotting import default_style
 from bench_common import (
     machine_facts,
@@ -67,7 +68,7 @@ def _instance(name: str, results: Path, dataset_dir: Path, epochs: int, iteratio
     import torch
 
     os.environ["nnUNet_results"] = str(results)
-    pre = Path(os.environ["nnUNet_preprocessed"]) / dataset_dir.name
+    pre = dataset_folder("preprocessed", dataset_dir.name)
     plans = dict(json.loads((pre / "nnUNetPlans.json").read_text()), continue_training=False)
     trainer = trainer_class(name)(plans, "2d", 0, json.loads((pre / "dataset.json").read_text()),
                                   device=torch.device("cpu"))
@@ -76,7 +77,7 @@ def _instance(name: str, results: Path, dataset_dir: Path, epochs: int, iteratio
 
 
 def _model_dir(results: Path, dataset_dir: Path, name: str) -> Path:
-    return results / dataset_dir.name / f"{name}__nnUNetPlans__2d"
+    return model_folder(dataset_dir.name, name, results_root=results)
 
 
 def train(run_dir: Path, dataset_dir: Path, name: str, seed: int, epochs: int, iterations: int,
@@ -89,7 +90,7 @@ def train(run_dir: Path, dataset_dir: Path, name: str, seed: int, epochs: int, i
     results = run_dir / (tag or name)
     model = _model_dir(results, dataset_dir, name)
     timing = results / "epoch_seconds.json"
-    if (model / "fold_0" / "checkpoint_final.pth").is_file() and timing.is_file():
+    if (fold_folder(model, 0) / "checkpoint_final.pth").is_file() and timing.is_file():
         return model, json.loads(timing.read_text())["mean"]
     seed_everything(seed)
     trainer = _instance(name, results, dataset_dir, epochs, iterations)
@@ -113,6 +114,7 @@ def predict_and_evaluate(model: Path, dataset_dir: Path, out: Path, rotation_tta
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunet_ext.evaluation.per_domain import evaluate_folder
+    from nnunet_ext.networks.style_curriculum import with_rotation_tta
 
     cached = out / "metrics.json"
     if cached.is_file():  # e.g. the shared pretrained model, predicted once for all seeds
@@ -120,8 +122,8 @@ def predict_and_evaluate(model: Path, dataset_dir: Path, out: Path, rotation_tta
     out.mkdir(parents=True, exist_ok=True)
     predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False, verbose=False)
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
-    if rotation_tta:
-        predictor.network.rotation_tta = True
+    if rotation_tta:  # the predictor reloads these parameters before every case: switch TTA in them
+        predictor.list_of_parameters = [with_rotation_tta(p, True) for p in predictor.list_of_parameters]
     t0 = time.perf_counter()
     predictor.predict_from_files_sequential(str(dataset_dir / "imagesTs"), str(out))
     seconds = time.perf_counter() - t0
@@ -140,7 +142,7 @@ def run_seed(work: Path, dataset_dir: Path, seed: int, args) -> dict:
                                args.pretrain_seed, args.pretrain_epochs, args.iterations, tag="pretrain")
     pretrain_s = time.perf_counter() - t0
     print(f"  pretrained model ready ({pretrain_s:.0f} s, {base_epoch_s:.1f} s/epoch)", flush=True)
-    checkpoint = base / "fold_0" / "checkpoint_final.pth"
+    checkpoint = fold_folder(base, 0) / "checkpoint_final.pth"
     models, epoch_s, curriculum = {"stock": base}, {}, {}
     for condition, spec in FINETUNES.items():
         if spec is None:
@@ -151,7 +153,7 @@ def run_seed(work: Path, dataset_dir: Path, seed: int, args) -> dict:
                                                       factor * args.finetune_iterations, pretrained=checkpoint,
                                                       tag=f"ft_{name}" + (f"_x{factor}" if factor > 1 else ""),
                                                       reinit_heads=args.reinit_heads)
-        log = models[condition] / "fold_0" / "style_curriculum.json"
+        log = fold_folder(models[condition], 0) / "style_curriculum.json"
         if log.is_file():
             curriculum[condition] = json.loads(log.read_text())["epochs"]
         print(f"  {condition}: fine-tuned in {time.perf_counter() - t0:.0f} s ({epoch_s[condition]:.1f} s/epoch)",

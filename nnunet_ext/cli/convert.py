@@ -15,24 +15,31 @@ See documentation/datasets.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
+from nnunet_ext.utils.progress import StepProgress
 
 
-def _progress(done: int, total: int, case: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r  {done}/{total} {case:<40}", end="" if done < total else "\n", file=sys.stderr)
+def _record_identity(folder: Path) -> tuple[int, int] | None:
+    """Inode and mtime of ``folder``'s conversion.json: every write replaces the folder, so both change."""
+    from nnunet_ext.dataset_conversion.common import CONVERSION_FILENAME
+
+    try:
+        stat = (folder / CONVERSION_FILENAME).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
-def _summary(folder: Path) -> str:
+def _summary(folder: Path, changed: bool) -> str:
     from nnunet_ext.domains import load_domains
 
     meta = load_domains(folder)
     counts = Counter((case["domain"], case["split"]) for case in meta.cases.values())
-    lines = [f"wrote {folder}"]
+    lines = [f"wrote {folder}" if changed else
+             f"unchanged: {folder} already holds this conversion (same inputs and options); nothing was written"]
     for domain, info in meta.domains.items():
         splits = ", ".join(f"{counts[(domain, s)]} {s}" for s in ("train", "test") if counts[(domain, s)])
         lines.append(f"  {domain:<22} {splits:<20} ({info.get('role', '')})")
@@ -42,10 +49,23 @@ def _summary(folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    raw_root = resolve_raw_root(args.raw_root)
+    before = {p: _record_identity(p) for p in raw_root.glob(f"Dataset{args.dataset_id:03d}_*")}
+    with StepProgress(f"convert {args.dataset}") as progress:
+        folder = _convert(args, raw_root, progress)
+    print(_summary(folder, changed=before.get(folder) != _record_identity(folder)))
+    return 0
+
+
+def _convert(args: argparse.Namespace, raw_root: Path, progress: StepProgress) -> Path:
     from nnunet_ext.dataset_conversion.common import ConversionError
 
-    raw_root = resolve_raw_root(args.raw_root)
-    common = {"overwrite": args.overwrite, "progress": _progress}
+    def on_case(done: int, total: int, case: str) -> None:
+        progress.total = total
+        progress.step(f"writing {case}")
+
+    common = {"overwrite": args.overwrite, "progress": on_case}
+    progress.note("checking the inputs")
     try:
         if args.dataset == "cc359":
             from nnunet_ext.dataset_conversion.cc359 import convert_cc359
@@ -63,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.dataset == "msd":
             from nnunet_ext.dataset_conversion.msd import convert_msd
 
+            progress.note("nnunetv2's Decathlon converter reports no progress per case")
             folder = convert_msd(args.task_dir, args.dataset_id, raw_root, num_processes=args.num_processes,
                                  num_folds=args.folds, seed=args.seed, **common)
         else:
@@ -76,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
                                               test_fraction=args.test_fraction, seed=args.seed, **common)
     except ConversionError as e:
         raise UserError(str(e)) from None
-    print(_summary(folder))
-    return 0
+    return folder
 
 
 def _common(p: argparse.ArgumentParser, folds: bool = True) -> None:
@@ -86,7 +106,9 @@ def _common(p: argparse.ArgumentParser, folds: bool = True) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="fraction of source-domain patients held out for imagesTs (default 0.2)")
     if folds:
-        p.add_argument("--folds", type=int, default=5, help="folds in splits_final.json (default 5)")
+        p.add_argument("--folds", type=int, default=None, metavar="N",
+                       help="folds in splits_final.json: exactly this many, refused if there are fewer training "
+                            "subjects (default: 5, or one per training subject when there are fewer)")
     p.add_argument("--seed", type=int, default=0, help="seed of held-out patients and folds (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset written from other inputs/options")
 
@@ -103,14 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("cc359", help="Calgary-Campinas-359 skull stripping (6 vendor/field-strength domains)")
     p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="folder with the unpacked Original and mask zips")
-    p.add_argument("dataset_id", type=int, metavar="DATASET_ID")
+    p.add_argument("dataset_id", type=int, metavar="DATASET_ID", help="nnU-Net dataset id of the result (1-999)")
     p.add_argument("--source-domain", choices=list(DOMAINS), default=None, help="training domain (default ge_3)")
     p.add_argument("--mask", choices=list(MASK_SUFFIXES), default="silver", help="mask kind (default silver, *_ss)")
     _common(p)
 
     p = sub.add_parser("mnms", help="M&Ms 2020 cine MRI, one case per annotated frame (vendor domains)")
     p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="the unpacked OpenDataset (any releases)")
-    p.add_argument("dataset_id", type=int, metavar="DATASET_ID")
+    p.add_argument("dataset_id", type=int, metavar="DATASET_ID", help="nnU-Net dataset id of the result (1-999)")
     p.add_argument("--csv", type=Path, default=None, help="metadata CSV (default: every such CSV in RAW_DIR)")
     p.add_argument("--source-domain", default=None, help="training domain (default vendor_B)")
     p.add_argument("--domain-by", choices=["vendor", "vendor_centre"], default="vendor",
@@ -121,15 +143,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("msd", help="a Medical Segmentation Decathlon task (nnunetv2's converter)")
     p.add_argument("task_dir", type=Path, metavar="TASK_DIR", help="unpacked TaskNN_Name folder")
-    p.add_argument("dataset_id", type=int, metavar="DATASET_ID")
+    p.add_argument("dataset_id", type=int, metavar="DATASET_ID", help="nnU-Net dataset id of the result (1-999)")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
-    p.add_argument("--folds", type=int, default=5, help="folds in splits_final.json (default 5)")
+    p.add_argument("--folds", type=int, default=None, metavar="N",
+                   help="folds in splits_final.json: exactly this many, refused if there are fewer training "
+                            "subjects (default: 5, or one per training case when there are fewer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset written from other inputs")
 
     p = sub.add_parser("hippocampus-stream", help="Decathlon Task04 + HarP + Dryad shifting-source stream (ODEx)")
-    p.add_argument("dataset_id", type=int, metavar="DATASET_ID")
+    p.add_argument("dataset_id", type=int, metavar="DATASET_ID", help="nnU-Net dataset id of the result (1-999)")
     p.add_argument("--decathlon", type=Path, default=None, help="unpacked Task04_Hippocampus")
     p.add_argument("--harp", type=Path, default=None, help="HarP folder (MINC images, NIfTI side labels)")
     p.add_argument("--dryad", type=Path, default=None, help="Dryad folder (sNN subject folders)")

@@ -55,11 +55,12 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the chain; return ``{trainer: evaluation result}`` and write the comparison report."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset, demo_dataset_folder
     from nnunet_ext.evaluation.per_domain import compare_report, evaluate_folder, write_report
     from nnunet_ext.utils import nnunet_commands as cmd
+    from nnunet_ext.utils.nnunet_paths import fold_folder, model_folder
+    from nnunet_ext.utils.progress import StepProgress
 
     console = Console()
     work = cfg.workdir.resolve()
@@ -73,24 +74,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        overall = progress.add_task("nnext demo", total=2 + 3 * len(cfg.trainers))
-
-        def step(name: str):
-            progress.update(overall, description=f"nnext demo: {name}")
+    with StepProgress("demo", total=2 + 3 * len(cfg.trainers)) as progress:
+        step = progress.step
 
         t0 = time.perf_counter()
         step("building embedded real-MRI dataset")
         dataset_dir = demo_dataset_folder(cfg.builder_name, cfg.dataset_id, raw)
         if dataset_dir.is_dir() and not cfg.overwrite:
-            console.print(f"reusing {dataset_dir}")
+            progress.note(f"reusing {dataset_dir}")
         else:
             dataset_dir = build_demo_dataset(cfg.builder_name, cfg.dataset_id, raw, seed=cfg.seed, profile=cfg.profile,
                                              overwrite=cfg.overwrite)
         timings["build data"] = time.perf_counter() - t0
-        progress.advance(overall)
 
         t0 = time.perf_counter()
         step("nnUNetv2_plan_and_preprocess")
@@ -99,27 +94,23 @@ def run_demo(cfg: DemoConfig) -> dict:
             cmd.run_command(cmd.plan_and_preprocess_argv(cfg.dataset_id, [cfg.configuration]), env,
                             logs / "plan_and_preprocess.log")
         timings["plan and preprocess"] = time.perf_counter() - t0
-        progress.advance(overall)
 
         for trainer in cfg.trainers:
-            model_dir = res / dataset_dir.name / f"{trainer}__nnUNetPlans__{cfg.configuration}" / f"fold_{cfg.fold}"
+            model_dir = fold_folder(model_folder(dataset_dir.name, trainer, configuration=cfg.configuration,
+                                                 results_root=res), cfg.fold)
             t0 = time.perf_counter()
             step(f"nnUNetv2_train -tr {trainer}")
             if cfg.overwrite or not (model_dir / "checkpoint_final.pth").is_file():
-                epochs = progress.add_task(f"  {trainer} epochs", total=None)
-
-                def on_line(line: str, task=epochs) -> None:
+                def on_line(line: str, trainer=trainer) -> None:
                     m = _EPOCH_RE.search(line)
                     if m:
-                        progress.update(task, completed=int(m.group(1)))
+                        progress.note(f"{trainer} epoch {m.group(1)}")
 
                 argv = cmd.train_argv(cfg.dataset_id, cfg.configuration, cfg.fold, trainer, cfg.device)
                 if (model_dir / "checkpoint_latest.pth").is_file() and not cfg.overwrite:
                     argv.append("--c")
                 cmd.run_command(argv, train_env, logs / f"train_{trainer}.log", on_line=on_line)
-                progress.remove_task(epochs)
             timings[f"train {trainer}"] = time.perf_counter() - t0
-            progress.advance(overall)
 
             t0 = time.perf_counter()
             step(f"nnUNetv2_predict -tr {trainer}")
@@ -128,7 +119,6 @@ def run_demo(cfg: DemoConfig) -> dict:
             cmd.run_command(cmd.predict_argv(dataset_dir / "imagesTs", pred_dir, cfg.dataset_id, cfg.configuration,
                                              cfg.fold, trainer, cfg.device), env, logs / f"predict_{trainer}.log")
             timings[f"predict {trainer}"] = time.perf_counter() - t0
-            progress.advance(overall)
 
             t0 = time.perf_counter()
             step(f"nnext evaluate ({trainer})")
@@ -137,7 +127,6 @@ def run_demo(cfg: DemoConfig) -> dict:
             write_report(result, work / "evaluation" / trainer, title=f"{trainer} on {dataset_dir.name}")
             results[trainer] = result
             timings[f"evaluate {trainer}"] = time.perf_counter() - t0
-            progress.advance(overall)
 
     compare_report(results, work / "evaluation", title=f"nnext demo: {dataset_dir.name}, fold {cfg.fold}")
     console.print((work / "evaluation" / "comparison.md").read_text(encoding="utf-8"), markup=False, highlight=False)
@@ -160,11 +149,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="the main job: build real-MRI data, plan, train, predict on shifted domains, evaluate",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="nnext_demo", help="folder for all outputs (default: ./nnext_demo)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mni-tissue")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mni-tissue",
+                   help="embedded real-MRI dataset to build (default mni-tissue)")
     p.add_argument("--trainers", nargs="+", metavar="TRAINER",
                    help="trainer class names (default: " + ", ".join(DEMO_TRAINERS) + ")")
     p.add_argument("--id", type=int, help="dataset id inside the workdir (default: 990 mni-tissue, 991 colin)")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="nnU-Net fold to train and predict with (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated scanner effects")
     p.add_argument("--profile", choices=("demo", "tiny"), default="demo", help="dataset size")
     p.add_argument("--device", default=os.environ.get("NNEXT_DEVICE", "cpu"), help="cpu or cuda (default cpu)")

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate predicted label maps against reference labels, per case and label, and aggregate the "
             "metrics per domain of domains.json. Writes evaluation.json, evaluation.md and evaluation.png to "
-            "OUT_DIR and prints the Markdown table. Every case is checked first; on any problem nothing is "
-            "written and all problems are listed."
+            "OUT_DIR and prints the Markdown table. OUT_DIR and every case are checked first (a prediction must "
+            "have its reference's shape, spacing, origin and direction); on any problem nothing is written and "
+            "all problems are listed."
         ),
     )
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predictions (<case><file_ending>)")
@@ -72,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nnunet_ext.evaluation.per_domain import evaluate_folder, markdown_table, write_report
+    from nnunet_ext.utils.outputs import check_output_folder
 
-    dataset_json = args.dataset_json or _default_beside(args.ref, "dataset.json", "--dataset-json")
-    domains = args.domains or _default_beside(args.ref, DOMAINS_FILENAME, "--domains")
+    check_output_folder(args.output)  # before any case is read
+    dataset_json = args.dataset_json or default_beside(args.ref, "dataset.json", "--dataset-json")
+    domains = args.domains or default_beside(args.ref, DOMAINS_FILENAME, "--domains")
 
     bar = Progress(
         TextColumn("evaluating"),
@@ -117,7 +120,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_beside(ref_dir: Path, filename: str, option: str) -> Path:
+def default_beside(ref_dir: Path, filename: str, option: str) -> Path:
+    """``filename`` in the parent of a reference folder (nnU-Net raw layout: ``DatasetXXX/labelsTs`` ->
+    ``DatasetXXX/dataset.json``), the default of ``option`` in the evaluation commands.
+
+    Raises:
+        FileNotFoundError: the file is not there; the message says to pass ``option``.
+    """
     path = Path(ref_dir).resolve().parent / filename
     if not path.is_file():
         raise FileNotFoundError(

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError
+from nnunet_ext.utils.nnunet_paths import Fold, fold_folder, parse_fold
 
 #: name of the checkpoint of the model after stage K that stream trainers write in the fold folder
 STAGE_CHECKPOINT = "checkpoint_stage_{stage}.pth"
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "fold_F/checkpoint_stage_K.pth for every stage K into OUT_DIR/predictions/NAME/after{K}")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="test images for --model (default: imagesTs beside REF_DIR)")
-    parser.add_argument("-f", "--fold", default="0", help="fold of --model (default 0)")
+    parser.add_argument("-f", "--fold", default="0", help="fold of --model: a number or all (default 0)")
     parser.add_argument("--checkpoint-pattern", default=STAGE_CHECKPOINT,
                         help=f"checkpoint file name of the model after stage {{stage}} (default {STAGE_CHECKPOINT})")
     parser.add_argument("--device", default="cpu", help="device for --model predictions (default cpu)")
@@ -77,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_ext.cli.evaluate import _default_beside
+    from nnunet_ext.cli.evaluate import default_beside
     from nnunet_ext.evaluation.continual import (
         case_dice_of_folder,
         continual_result,
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         write_continual_report,
     )
     from nnunet_ext.streams import read_stream
+    from nnunet_ext.utils.outputs import check_output_folder
 
+    check_output_folder(args.output)  # before anything is predicted or evaluated
     stream = read_stream(args.stream)
     patterns = _pairs(args.method, "--method")
     models = _pairs(args.model, "--model")
@@ -113,18 +116,22 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give at least one --method NAME=DIR_PATTERN or --model NAME=MODEL_FOLDER (or --dice-json)")
         if args.ref is None:
             raise UserError("--ref REF_DIR is required with prediction folders")
-        dataset_json = args.dataset_json or _default_beside(args.ref, "dataset.json", "--dataset-json")
+        dataset_json = args.dataset_json or default_beside(args.ref, "dataset.json", "--dataset-json")
         file_ending = json.loads(Path(dataset_json).read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
         if not args.ref.is_dir():
             raise UserError(f"reference folder {args.ref} does not exist; check --ref")
         stream.check_cases(None, [p.name[: -len(file_ending)] for p in args.ref.glob(f"*{file_ending}")])
         if models:
+            try:
+                fold = parse_fold(args.fold)
+            except ValueError as e:
+                raise UserError(f"-f: {e}") from None
             images = args.images or Path(args.ref).resolve().parent / "imagesTs"
-            checkpoints = {name: _stage_checkpoints(Path(folder), args.fold, args.checkpoint_pattern, len(stream))
+            checkpoints = {name: _stage_checkpoints(Path(folder), fold, args.checkpoint_pattern, len(stream))
                            for name, folder in models.items()}
             for name, folder in models.items():
                 out = args.output / "predictions" / name / "after{stage}"
-                _predict_after_stages(Path(folder), args.fold, checkpoints[name], stream, images, file_ending,
+                _predict_after_stages(Path(folder), fold, checkpoints[name], stream, images, file_ending,
                                       str(out), args.device, not args.disable_tta)
                 patterns[name] = str(out)
             settings.update(models=models, fold=args.fold, checkpoint_pattern=args.checkpoint_pattern,
@@ -151,11 +158,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_checkpoints(model: Path, fold: str, pattern: str, num_stages: int) -> list[str]:
+def _stage_checkpoints(model: Path, fold: Fold, pattern: str, num_stages: int) -> list[str]:
     """Checkpoint names of the model after each stage; all must exist before anything is predicted."""
     if "{stage}" not in pattern:
         raise UserError(f"--checkpoint-pattern must contain {{stage}}, got {pattern!r}")
-    fold_dir = model / f"fold_{fold}"
+    fold_dir = fold_folder(model, fold)
     names = [pattern.format(stage=k) for k in range(num_stages)]
     missing = [n for n in names if not (fold_dir / n).is_file()]
     if missing:
@@ -165,7 +172,7 @@ def _stage_checkpoints(model: Path, fold: str, pattern: str, num_stages: int) ->
     return names
 
 
-def _predict_after_stages(model: Path, fold: str, checkpoints: list[str], stream, images: Path, file_ending: str,
+def _predict_after_stages(model: Path, fold: Fold, checkpoints: list[str], stream, images: Path, file_ending: str,
                           out_pattern: str, device: str, tta: bool) -> None:
     """Predict the stream's test cases with each stage checkpoint (nnU-Net's predictor, stock settings)."""
     import torch
@@ -179,11 +186,10 @@ def _predict_after_stages(model: Path, fold: str, checkpoints: list[str], stream
     for stage, checkpoint in enumerate(checkpoints):
         out = Path(out_pattern.replace("{stage}", str(stage)))
         out.mkdir(parents=True, exist_ok=True)
-        print(f"predicting {len(cases)} cases with {model.name}/fold_{fold}/{checkpoint} -> {out}")
+        print(f"predicting {len(cases)} cases with {model.name}/{fold_folder(model, fold).name}/{checkpoint} -> {out}")
         predictor = nnUNetPredictor(use_mirroring=tta, device=torch.device(device), perform_everything_on_device=False,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(model), (fold if fold == "all" else int(fold),),
-                                                       checkpoint)
+        predictor.initialize_from_trained_model_folder(str(model), (fold,), checkpoint)
         predictor.predict_from_files([inputs[c] for c in cases], [str(out / c) for c in cases],
                                      save_probabilities=False, overwrite=True, num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)

@@ -6,8 +6,9 @@
     from source images is added, ``trainer_name`` becomes ``nnUNetTrainerFourierMST`` (or ``--trainer``).
     The original folder is only read. Donors come from ``--images`` (raw images in nnU-Net naming,
     preprocessed with the model's own plans) or, by default, from each fold's training cases in
-    ``$nnUNet_preprocessed``. ``--beta/--n-mst/--mode/--selection`` override the settings. On a model that
-    already has a bank, the bank is kept unless ``--images`` is given, so the command also re-configures.
+    ``$nnUNet_preprocessed`` (fold ``all``: every preprocessed case, as ``nnUNetv2_train D C all`` trains on).
+    ``--beta/--n-mst/--mode/--selection`` override the settings. On a model that already has a bank, the bank
+    is kept unless ``--images`` is given, so the command also re-configures.
 ``nnext fda select-beta MODEL_FOLDER --target NAME IMAGES LABELS [...] -o OUT_DIR``
     grid search of ``beta`` on labelled target validation data (the paper's Sect. 4.3): mean foreground Dice
     per target and beta, computed in the model's preprocessed space, the best beta per target ("optimal per
@@ -29,7 +30,10 @@ import numpy as np
 import torch
 
 from nnunet_ext.cli.main import UserError
+from nnunet_ext.core.metrics import mean_dice, nanmean
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
+from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, parse_fold, trained_folds
 from nnunet_ext.utils.plotting import default_style
 
 BANK_REPORT = "fda_bank.json"
@@ -48,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="new model folder to write (must not exist)")
     attach.add_argument("--images", type=Path, metavar="SOURCE_IMAGES",
                         help="source-domain images in nnU-Net naming (CASE_0000.nii.gz ...); default: the fold's "
-                             "training cases in $nnUNet_preprocessed")
-    attach.add_argument("-f", "--folds", nargs="+", metavar="FOLD", help="folds to convert (default: all found)")
+                             "training cases in $nnUNet_preprocessed (fold all: every case)")
+    attach.add_argument("-f", "--folds", nargs="+", metavar="FOLD",
+                        help="folds to convert: numbers or all (default: every fold found)")
     attach.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     attach.add_argument("--trainer", default="nnUNetTrainerFourierMST",
                         help="our trainer class recorded in the checkpoints (its settings are the defaults)")
@@ -61,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--target", nargs=3, action="append", required=True, metavar=("NAME", "IMAGES", "LABELS"),
                         help="a labelled target validation set (repeat for several targets / pairs)")
     select.add_argument("--betas", nargs="+", type=float, default=list(DEFAULT_BETAS), help="beta grid")
-    select.add_argument("-f", "--folds", nargs="+", default=["0"], metavar="FOLD", help="folds to use (default 0)")
+    select.add_argument("-f", "--folds", nargs="+", default=["0"], metavar="FOLD",
+                        help="folds to use: numbers or all (default 0)")
     select.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     select.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="where to write results")
     select.add_argument("-device", default="cpu", help="torch device (cpu, cuda)")
@@ -89,8 +95,12 @@ def _read_model_folder(model: Path, folds: list[str] | None, checkpoint: str) ->
     missing = [n for n in ("plans.json", "dataset.json") if not (model / n).is_file()]
     if missing:
         raise UserError(f"{model} is not an nnU-Net model folder: {', '.join(missing)} missing")
-    found = {p.parent.name.removeprefix("fold_"): p for p in sorted(model.glob(f"fold_*/{checkpoint}"))}
+    found = trained_folds(model, checkpoint)
     if folds:
+        try:
+            folds = [str(parse_fold(f)) for f in folds]
+        except ValueError as e:
+            raise UserError(f"-f: {e}") from None
         absent = [f for f in folds if f not in found]
         if absent:
             raise UserError(f"no {checkpoint} for folds {absent} in {model} (found folds {sorted(found)})")
@@ -103,10 +113,11 @@ def _read_model_folder(model: Path, folds: list[str] | None, checkpoint: str) ->
 
 
 def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint, loaded without running code from it (``weights_only=True``, nnU-Net's numpy scalars allowed)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint the same way
-        raise UserError(f"cannot read checkpoint {path}: {e}") from e
+        return load_checkpoint_safely(path, map_location="cpu")
+    except ValueError as e:  # names the file: missing, corrupt, or refused
+        raise UserError(str(e)) from None
 
 
 def _source_volumes_from_images(images: Path, plans_manager, configuration_manager, dataset: dict) -> list[np.ndarray]:
@@ -133,21 +144,19 @@ def _source_volumes_from_images(images: Path, plans_manager, configuration_manag
     return volumes
 
 
-def _source_volumes_from_preprocessed(plans: dict, configuration: str, fold: str, max_cases: int) -> list[np.ndarray]:
-    from nnunet_ext.trainers.fourier_mst import load_source_volumes
+def _source_volumes_from_preprocessed(dataset_name: str, data_identifier: str, fold: str,
+                                      max_cases: int) -> list[np.ndarray]:
+    """Donor volumes from the cases nnU-Net trained ``fold`` on (fold ``all``: every preprocessed case)."""
+    from nnunet_ext.utils.preprocessed import fold_training_cases, load_source_volumes
 
-    root = os.environ.get("nnUNet_preprocessed")
-    folder = Path(root or "") / plans["dataset_name"]
-    identifier = plans["configurations"][configuration]["data_identifier"]
-    splits = folder / "splits_final.json"
-    if not root or not (folder / identifier).is_dir() or not splits.is_file():
+    try:
+        folder = dataset_folder("preprocessed", dataset_name)
+        keys = fold_training_cases(folder, data_identifier, fold)
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(
-            f"no preprocessed training data for {plans['dataset_name']} ({identifier}) under nnUNet_preprocessed="
-            f"{root!r}; pass --images SOURCE_IMAGES (source-domain images in nnU-Net naming) instead")
-    split = json.loads(splits.read_text(encoding="utf-8"))
-    keys = sorted(split[int(fold)]["train"]) if fold != "all" else sorted(
-        {k for s in split for k in s["train"] + s["val"]})
-    return load_source_volumes(str(folder / identifier), keys, max_cases)
+            f"no preprocessed training data of fold {fold} for {dataset_name} ({data_identifier}): {e}; pass --images "
+            "SOURCE_IMAGES (source-domain images in nnU-Net naming) instead") from None
+    return load_source_volumes(folder / data_identifier, keys, max_cases)
 
 
 def attach(model: Path, output: Path, images: Path | None = None, folds: list[str] | None = None,
@@ -217,7 +226,8 @@ def attach(model: Path, output: Path, images: Path | None = None, folds: list[st
                     volumes_cache = _source_volumes_from_images(Path(images), plans_manager, cm, dataset)
                 volumes, source = volumes_cache, str(Path(images).resolve())
             else:
-                volumes = _source_volumes_from_preprocessed(plans, configuration, fold, target_cls.fda_bank_cases)
+                volumes = _source_volumes_from_preprocessed(plans["dataset_name"], cm.data_identifier, fold,
+                                                            target_cls.fda_bank_cases)
                 source = f"nnUNet_preprocessed training cases of fold {fold}"
             network.bank.set_donors(sample_donor_patches(volumes, network.bank.patch_size, target_cls.fda_bank_size,
                                                          target_cls.fda_bank_max_megabytes))
@@ -231,8 +241,8 @@ def attach(model: Path, output: Path, images: Path | None = None, folds: list[st
             if (Path(model) / name).is_file():
                 shutil.copy2(Path(model) / name, tmp / name)
         for fold, ckpt in converted.items():
-            (tmp / f"fold_{fold}").mkdir()
-            torch.save(ckpt, tmp / f"fold_{fold}" / checkpoint)
+            fold_folder(tmp, fold).mkdir()
+            torch.save(ckpt, fold_folder(tmp, fold) / checkpoint)
         write_json_atomic(tmp / BANK_REPORT, report)
     return report
 
@@ -248,16 +258,6 @@ def _attach_command(args: argparse.Namespace) -> int:
 
 
 # beta selection -----------------------------------------------------------------------------------------------
-def foreground_dice(prediction: np.ndarray, reference: np.ndarray, labels: list[int]) -> float:
-    """Mean Dice over ``labels``; a label absent from both counts as 1."""
-    scores = []
-    for label in labels:
-        p, r = prediction == label, reference == label
-        denominator = p.sum() + r.sum()
-        scores.append(1.0 if denominator == 0 else 2.0 * np.logical_and(p, r).sum() / denominator)
-    return float(np.mean(scores))
-
-
 def configure_predictor_bank(predictor, **settings: Any) -> None:
     """Change the style-bank settings of an initialised ``nnUNetPredictor`` for every fold it holds
     (the predictor reloads each fold's state dict, settings included, before predicting)."""
@@ -274,18 +274,22 @@ def configure_predictor_bank(predictor, **settings: Any) -> None:
 def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[float], folds: list[str],
                 checkpoint: str, device: str = "cpu", overrides: dict[str, Any] | None = None,
                 progress=None) -> dict[str, Any]:
-    """Dice per target and beta; best beta per target and for the mean over targets."""
+    """Dice per target and beta; best beta per target and for the mean over targets.
+
+    A case's Dice is :func:`nnunet_ext.core.metrics.mean_dice` over the foreground labels (labels absent from
+    both its reference and its prediction are left out); a target's Dice is the mean over its cases, leaving
+    out cases where every label is absent from both.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     if not betas or any(not 0.0 <= b <= 0.5 for b in betas):
         raise UserError(f"--betas must be numbers in [0, 0.5], got {betas}")
-    _read_model_folder(Path(model), folds, checkpoint)
+    _, _, checkpoints = _read_model_folder(Path(model), folds, checkpoint)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 device=torch.device(device), perform_everything_on_device=False,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), [int(f) if f != "all" else f for f in folds],
-                                                   checkpoint)
+    predictor.initialize_from_trained_model_folder(str(model), [parse_fold(f) for f in checkpoints], checkpoint)
     if not hasattr(predictor.network, "bank"):
         raise UserError(f"{model} has no style bank; run `nnext fda attach {model} -o NEW_MODEL_FOLDER` first")
     dataset = predictor.dataset_json
@@ -306,6 +310,10 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
             data, seg, _ = preprocessor.run_case(files, str(labels_of[files[0]]), predictor.plans_manager,
                                                  predictor.configuration_manager, dataset)
             cases[name].append((data, seg[0]))
+        if not any(np.isin(seg, labels).any() for _, seg in cases[name]):
+            raise UserError(f"target {name}: no reference label in {refs} holds a foreground label {labels}; Dice is "
+                            "undefined when reference and prediction are both empty, so beta cannot be chosen on "
+                            "this target. Pass labelled cases that contain the structures")
     grid: dict[str, list[float]] = {name: [] for name in cases}
     for beta in betas:
         configure_predictor_bank(predictor, **{**(overrides or {}), "beta": beta})
@@ -313,8 +321,8 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
             dices = []
             for data, seg in items:
                 logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-                dices.append(foreground_dice(logits.argmax(0).numpy(), seg, labels))
-            grid[name].append(float(np.mean(dices)))
+                dices.append(mean_dice(logits.argmax(0).numpy(), seg, labels))
+            grid[name].append(nanmean(dices))
             if progress:
                 progress(f"beta {beta:g} {name}: Dice {grid[name][-1]:.4f}")
     mean = [float(np.mean([grid[n][i] for n in grid])) for i in range(len(betas))]
@@ -347,6 +355,9 @@ def plot_beta_grid(result: dict[str, Any], path: Path) -> None:
 
 
 def _select_beta_command(args: argparse.Namespace) -> int:
+    from nnunet_ext.utils.outputs import check_output_folder
+
+    check_output_folder(args.output)  # before any prediction
     targets = [(n, Path(i), Path(r)) for n, i, r in args.target]
     result = select_beta(args.model, targets, args.betas, args.folds, args.checkpoint, args.device,
                          _overrides(args), progress=lambda msg: print(msg, file=sys.stderr, flush=True))

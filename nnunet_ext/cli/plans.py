@@ -11,10 +11,10 @@ the preprocessed data is shared, so ``nnUNetv2_train DATASET CONFIG FOLD -tr TRA
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError
+from nnunet_ext.utils.nnunet_paths import dataset_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,17 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def preprocessed_dataset_dir(dataset: str) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_NAME`` for a dataset id or name."""
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise UserError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=DIR")
-    if not dataset.isdigit():
-        folder = Path(root) / dataset
-    else:
-        matches = sorted(Path(root).glob(f"Dataset{int(dataset):03d}_*"))
-        if len(matches) != 1:
-            raise UserError(f"expected one folder Dataset{int(dataset):03d}_* in {root}, found "
-                            f"{[m.name for m in matches]}; pass the dataset name instead")
-        folder = matches[0]
+    try:
+        folder = dataset_folder("preprocessed", dataset)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset} first")
     return folder

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError, raw_root as resolve_raw_root
+from nnunet_ext.utils.nnunet_paths import nnunet_folder
 
 #: CLI scenario name -> (builder scenario, default dataset id)
 DEMOS: dict[str, tuple[str, int]] = {"transformed": ("transformed", 950), "shifting-source": ("shifting_source", 951)}
@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_ext.dataset_conversion import stream_scenarios
     from nnunet_ext.streams import read_stream
 
-    pre = os.environ.get("nnUNet_preprocessed")
+    try:
+        pre = nnunet_folder("preprocessed")
+    except ValueError:
+        pre = None  # nothing preprocessed yet: stream.json is written beside dataset.json only
     if args.action == "shifting-source":
         folder = resolve_dataset(args.dataset, args.raw_root)
         stream_scenarios.shifting_source_stream(
@@ -119,6 +122,9 @@ def _stratify(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> 
                         "instead of dealing them at random")
 
 
+DATASET_HELP = "the raw dataset: its folder, its id (501) or its folder name in $nnUNet_raw"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "stream", help="build or check a continual-learning stream (shifting source, transformed, demo)",
@@ -126,13 +132,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("shifting-source", help="mix the dataset's domains with linearly sliding weights")
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help=DATASET_HELP)
     p.add_argument("--order", nargs="+", default=None, metavar="DOMAIN",
                    help="source domains in stream order (default: every real domain with training cases)")
     _stratify(p)
     _common(p)
     p = sub.add_parser("transformed", help="one domain through progressively stronger TorchIO transforms (new dataset)")
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help=DATASET_HELP)
     p.add_argument("new_id", type=int, metavar="NEW_ID", help="id of the new dataset")
     p.add_argument("--name", default=None, help="new dataset name after DatasetXXX_ (default <name>Transformed)")
     p.add_argument("--domain", default=None, help="source domain (default: the only real domain)")
@@ -142,13 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _stratify(units)
     _common(p)
     p = sub.add_parser("demo", help="small embedded-data stream (MNI152 / Colin27) for tests and the benchmark")
-    p.add_argument("scenario", choices=list(DEMOS))
+    p.add_argument("scenario", choices=list(DEMOS), help="which of the two ODEx stream scenarios to build")
     p.add_argument("--id", type=int, default=None, help="dataset id (default 950 transformed, 951 shifting-source)")
     p.add_argument("--stages", type=int, default=4, help="number of stages (default 4; the ODEx paper has 5)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p = sub.add_parser("check", help="check that every case stream.json names exists")
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", help=DATASET_HELP)
     p.add_argument("--raw-root", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     parser.set_defaults(func=run)

@@ -48,8 +48,9 @@ from nnunet_ext.dataset_conversion.common import (
     walk_files,
     write_dataset,
 )
-from nnunet_ext.dataset_conversion.splits import grouped_folds, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import holdout_subjects, requested_folds
 from nnunet_ext.domains import DomainMetadata
+from nnunet_ext.utils.image_io import ImageReadError, load_nifti, nifti_array
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def convert_cc359(
     source_domain: str = "ge_3",
     mask: str = "silver",
     test_fraction: float = 0.2,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
@@ -86,7 +87,7 @@ def convert_cc359(
         source_domain: training domain, one of :data:`DOMAINS`.
         mask: ``"silver"`` (``*_ss``) or ``"staple"`` (``*_staple``).
         test_fraction: fraction of source-domain subjects held out for testing.
-        num_folds: folds of ``splits_final.json``.
+        num_folds: folds of ``splits_final.json``; None: 5, or one per training subject if fewer.
         seed: seed of the held-out selection and of the folds.
         overwrite: replace an existing dataset written from other inputs or options.
         progress: called as ``progress(done, total, case_id)`` while writing.
@@ -95,13 +96,11 @@ def convert_cc359(
         The dataset folder (unchanged if it is up to date).
 
     Raises:
-        ValueError: bad options, or a :class:`~nnunet_ext.dataset_conversion.common.ConversionError`
-            listing every problem of the download.
+        ValueError: bad options (e.g. more folds than training subjects), or a
+            :class:`~nnunet_ext.dataset_conversion.common.ConversionError` listing every problem of the download.
         FileNotFoundError: ``raw_dir`` does not exist.
         FileExistsError: the folder exists from other inputs and ``overwrite`` is False, or the id is taken.
     """
-    import nibabel as nib
-
     if source_domain not in DOMAINS:
         raise ValueError(f"source domain must be one of {list(DOMAINS)}, got {source_domain!r}")
     if mask not in MASK_SUFFIXES:
@@ -152,7 +151,11 @@ def convert_cc359(
     pairs = {key: (images[key][0], masks[key][0]) for key in sorted(images)}
     headers = {}
     for key, ((image_path, _), (mask_path, _)) in pairs.items():
-        image, label = nib.load(str(image_path)), nib.load(str(mask_path))
+        try:
+            image, label = load_nifti(image_path), load_nifti(mask_path)
+        except ImageReadError as e:
+            problems.add_unreadable(e)
+            continue
         if len(image.shape) != 3:
             problems.add(image_path, f"shape {image.shape}", "a 3D volume", "replace it with the original 3D T1 file")
         elif not same_geometry(image, label):
@@ -204,7 +207,7 @@ def convert_cc359(
                    "https://sites.google.com/view/calgary-campinas-dataset/home"),
         licence="CC-359: see the dataset's terms of use (https://sites.google.com/view/calgary-campinas-dataset)",
         converter="cc359", options=options, digest=digest,
-        splits=grouped_folds(train_cases, num_folds, seed),
+        splits=requested_folds(train_cases, num_folds, seed),
         record={"raw_dir": str(raw_dir.resolve()), "ignored_files": ignored, "held_out_subjects": sorted(held_out)},
     )
     return write_dataset(spec, cases, overwrite=True, progress=progress)
@@ -212,10 +215,13 @@ def convert_cc359(
 
 def _loader(image_path: Path, mask_path: Path):
     def load(problems: Problems):
-        import nibabel as nib
-
-        image, mask = nib.load(str(image_path)), nib.load(str(mask_path))
-        label, bad = integer_labels(np.asanyarray(mask.dataobj), {0, 1})
+        try:
+            image, mask = load_nifti(image_path), load_nifti(mask_path)
+            image_array, mask_array = nifti_array(image), nifti_array(mask)
+        except ImageReadError as e:
+            problems.add_unreadable(e)
+            return None
+        label, bad = integer_labels(mask_array, {0, 1})
         if bad:
             problems.add(mask_path, bad, "only 0 (background) and 1 (brain)", "use the binary brain mask file")
             return None
@@ -223,6 +229,6 @@ def _loader(image_path: Path, mask_path: Path):
             problems.add(mask_path, "an empty mask", "a brain mask with foreground", "re-download this mask")
             return None
         affine, notes = direction_note(image.affine)
-        return [np.asanyarray(image.dataobj)], label, affine, notes
+        return [image_array], label, affine, notes
 
     return load

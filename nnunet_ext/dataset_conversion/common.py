@@ -11,7 +11,14 @@ Every converter follows the same contract:
   written, so an error at case 300 of 359 leaves no half-written dataset behind;
 * a re-run with the same inputs and options is a no-op (:func:`up_to_date` compares a fingerprint of the
   input files' paths, sizes and modification times and of the options, stored in ``conversion.json``);
-  different inputs or options need ``overwrite=True``.
+  different inputs or options need ``overwrite=True``;
+* a conversion that was killed (``kill -9``) leaves hidden temporaries; the next run into the same folder
+  removes them (:func:`nnunet_ext.utils.atomic.remove_leftovers`);
+* every image is read through :mod:`nnunet_ext.utils.image_io`, so a truncated or corrupt file becomes a
+  listed problem naming the file, like any other;
+* ``splits_final.json`` holds exactly the folds asked for, or the conversion refuses
+  (:func:`nnunet_ext.dataset_conversion.splits.requested_folds`); ``conversion.json`` records
+  ``num_folds_written``.
 
 Written layout (nnU-Net raw format plus our metadata)::
 
@@ -41,7 +48,8 @@ import numpy as np
 
 from nnunet_ext import __version__
 from nnunet_ext.domains import DomainMetadata, save_domains
-from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.atomic import atomic_directory, remove_leftovers, write_json_atomic
+from nnunet_ext.utils.image_io import ImageReadError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +98,10 @@ class Problems:
 
     def add(self, where: str | os.PathLike, found: str, expected: str, fix: str) -> None:
         self.items.append(Problem(str(where), found, expected, fix))
+
+    def add_unreadable(self, error: ImageReadError) -> None:
+        """Record a file :mod:`nnunet_ext.utils.image_io` could not read (truncated, corrupt, missing)."""
+        self.add(error.path, error.reason, "a complete, readable image file", error.fix)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -241,9 +253,14 @@ def fingerprint(converter: str, options: dict[str, Any], inputs: Iterable[Path],
 def up_to_date(target: Path, digest: str, overwrite: bool) -> bool:
     """True if ``target`` was written from the same inputs and options (so there is nothing to do).
 
+    Leftovers of an earlier conversion into ``target`` that was killed are removed first
+    (:func:`nnunet_ext.utils.atomic.remove_leftovers`), also when there is nothing else to do.
+
     Raises:
-        FileExistsError: ``target`` exists, differs (or was not written by us) and ``overwrite`` is False.
+        FileExistsError: ``target`` exists, differs (or was not written by us) and ``overwrite`` is False;
+            or a leftover cannot be attributed to a finished process (the message names it).
     """
+    remove_leftovers(target)
     if not target.exists():
         return False
     record = target / CONVERSION_FILENAME
@@ -319,9 +336,9 @@ def write_dataset(spec: DatasetSpec, cases: Sequence[CaseOut], overwrite: bool,
         for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / folder).mkdir()
         for number, case in enumerate(cases, start=1):
-            loaded = case.load(problems)
             if progress is not None:
                 progress(number, len(cases), case.case_id)
+            loaded = case.load(problems)
             if loaded is None:
                 continue
             channels, label, affine, notes = loaded
@@ -355,6 +372,7 @@ def write_dataset(spec: DatasetSpec, cases: Sequence[CaseOut], overwrite: bool,
             "nnunet_ext_version": __version__,
             "options": spec.options,
             "fingerprint": spec.digest,
+            **({"num_folds_written": len(spec.splits)} if spec.splits is not None else {}),
             **spec.record,
         })
     logger.info("wrote %s (%d cases)", spec.target, len(cases))

@@ -47,6 +47,7 @@ from nnunet_ext.dataset_conversion.stream_scenarios import shifting_source_strea
 from nnunet_ext.domains import DomainMetadata, save_domains
 from nnunet_ext.streams import read_stream, write_stream
 from nnunet_ext.utils.atomic import atomic_directory
+from nnunet_ext.utils.image_io import read_image
 
 Scenario = Literal["transformed", "shifting_source"]
 SPACING_MM = 3.0
@@ -58,7 +59,7 @@ NAMES: dict[str, str] = {"transformed": "DemoStreamTransformed", "shifting_sourc
 
 def _mni_brain(files: dict[str, Path], spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
     """MNI152 T1 and its brain mask (largest component of ``T1 > 0``, partial volume > 0.5)."""
-    t1 = sitk.ReadImage(str(files["t1"]), sitk.sitkFloat32)
+    t1 = read_image(files["t1"], sitk.sitkFloat32)
     brain = sitk.RelabelComponent(sitk.ConnectedComponent(t1 > 0), sortByObjectSize=True) == 1
     image = demo_data._downsample(t1, spacing_mm)
     fraction = sitk.GetArrayFromImage(demo_data._downsample(brain, spacing_mm))

@@ -59,9 +59,10 @@ from nnunet_ext.dataset_conversion.common import (
     write_dataset,
 )
 from nnunet_ext.dataset_conversion.msd import find_task_folder
-from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_to_stages, holdout_subjects, stage_weights
 from nnunet_ext.domains import DomainMetadata
 from nnunet_ext.streams import FORMAT_VERSION as STREAM_FORMAT_VERSION
+from nnunet_ext.utils.image_io import ImageReadError, load_nifti, nifti_array, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +80,14 @@ _DESCRIPTIONS = {
 }
 
 
-# a volume source: () -> (array x,y,z, affine 4x4)
+# a volume source: () -> (array x,y,z, affine 4x4); raises ImageReadError naming the file
 Volume = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
 def _nifti_volume(path: Path) -> Volume:
     def read() -> tuple[np.ndarray, np.ndarray]:
-        import nibabel as nib
-
-        image = nib.load(str(path))
-        return np.asanyarray(image.dataobj), image.affine
+        image = load_nifti(path)
+        return nifti_array(image), image.affine
 
     return read
 
@@ -97,7 +96,7 @@ def _sitk_volume(path: Path) -> Volume:
     def read() -> tuple[np.ndarray, np.ndarray]:
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(str(path))
+        image = read_image(path)
         array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
         lps_to_ras = np.diag([-1.0, -1.0, 1.0])
         direction = np.asarray(image.GetDirection()).reshape(3, 3)
@@ -132,11 +131,14 @@ def _side_loader(image_path: Path, image: Volume, label: Volume, label_path: Pat
     def load(problems: Problems):
         try:
             array, affine = image()
-        except (RuntimeError, OSError) as e:
-            problems.add(image_path, f"a file that cannot be read ({str(e).strip().splitlines()[-1]})",
-                         "a readable NIfTI or MINC2 image", "re-download it; convert MINC1 with 'mincconvert -2'")
+            raw, _ = label()
+        except ImageReadError as e:
+            if e.path.suffix.lower() == ".mnc":
+                problems.add(e.path, e.reason, "a readable MINC2 image",
+                             "re-download it; convert MINC1 with 'mincconvert -2'")
+            else:
+                problems.add_unreadable(e)
             return None
-        raw, _ = label()
         raw = np.asarray(raw)
         notes: dict[str, Any] = {}
         if raw.shape != array.shape:
@@ -231,14 +233,6 @@ def _scan_pairs(folder: Path, problems: Problems, source: str) -> list[dict[str,
         if key not in images:
             problems.add(paths[0], "a label without its image", f"the image of {key}", "unpack the images too")
     return found
-
-
-def stage_weights(num_sources: int, num_stages: int) -> np.ndarray:
-    """Mixing weights, shape ``(num_stages, num_sources)``: a window sliding linearly along the sources."""
-    if num_stages == 1:
-        return np.full((1, num_sources), 1.0 / num_sources)
-    position = np.arange(num_stages)[:, None] * (num_sources - 1) / (num_stages - 1)
-    return np.maximum(0.0, 1.0 - np.abs(position - np.arange(num_sources)[None, :]))
 
 
 def build_hippocampus_stream(

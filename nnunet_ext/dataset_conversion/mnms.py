@@ -57,8 +57,9 @@ from nnunet_ext.dataset_conversion.common import (
     walk_files,
     write_dataset,
 )
-from nnunet_ext.dataset_conversion.splits import grouped_folds, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import holdout_subjects, requested_folds
 from nnunet_ext.domains import DomainMetadata
+from nnunet_ext.utils.image_io import ImageReadError, load_nifti, nifti_array
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def convert_mnms(
     source_domain: str = "vendor_B",
     domain_by: DomainBy = "vendor",
     test_fraction: float = 0.2,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     seed: int = 0,
     allow_missing_images: bool = False,
     overwrite: bool = False,
@@ -194,7 +195,7 @@ def convert_mnms(
         source_domain: training domain, e.g. ``"vendor_B"`` (or ``"vendor_B_centre_2"``).
         domain_by: ``"vendor"`` or ``"vendor_centre"``.
         test_fraction: fraction of source-domain patients held out for testing.
-        num_folds: folds of ``splits_final.json``.
+        num_folds: folds of ``splits_final.json``; None: 5, or one per training subject if fewer.
         seed: seed of the held-out selection and of the folds.
         allow_missing_images: skip CSV rows without an image (e.g. only ``Training`` downloaded) instead of
             reporting them; skipped patients are listed in ``conversion.json``.
@@ -205,13 +206,11 @@ def convert_mnms(
         The dataset folder (unchanged if it is up to date).
 
     Raises:
-        ValueError: bad options, or a :class:`~nnunet_ext.dataset_conversion.common.ConversionError`
-            listing every problem of the download.
+        ValueError: bad options (e.g. more folds than training subjects), or a
+            :class:`~nnunet_ext.dataset_conversion.common.ConversionError` listing every problem of the download.
         FileNotFoundError: ``raw_dir`` or ``csv_path`` does not exist.
         FileExistsError: the folder exists from other inputs and ``overwrite`` is False, or the id is taken.
     """
-    import nibabel as nib
-
     if domain_by not in ("vendor", "vendor_centre"):
         raise ValueError(f"domain_by must be 'vendor' or 'vendor_centre', got {domain_by!r}")
     raw_dir = Path(raw_dir)
@@ -279,7 +278,11 @@ def convert_mnms(
     frames_of: dict[str, dict[int, list[str]]] = {}
     spacing = {}
     for code in labeled:
-        image, gt = nib.load(str(images[code][0])), nib.load(str(labels[code][0]))
+        try:
+            image, gt = load_nifti(images[code][0]), load_nifti(labels[code][0])
+        except ImageReadError as e:
+            problems.add_unreadable(e)
+            continue
         info = patients[code]
         if len(image.shape) != 4:
             problems.add(images[code][0], f"shape {image.shape}", "a 4D cine volume (x, y, z, t)",
@@ -358,7 +361,7 @@ def convert_mnms(
                    "Challenge. IEEE TMI 40(12):3543-3554, 2021. https://www.ub.edu/mnms/"),
         licence="M&Ms: see the challenge's data terms (https://www.ub.edu/mnms/)",
         converter="mnms", options=options, digest=digest,
-        splits=grouped_folds(train_cases, num_folds, seed),
+        splits=requested_folds(train_cases, num_folds, seed),
         record={"raw_dir": str(raw_dir.resolve()), "skipped_unlabeled": skipped["unlabeled"],
                 "skipped_missing_image": skipped["missing_image"], "held_out_subjects": sorted(held_out)},
     )
@@ -367,10 +370,13 @@ def convert_mnms(
 
 def _loader(image_path: Path, label_path: Path, frame: int, phases: list[str]):
     def load(problems: Problems):
-        import nibabel as nib
-
-        image, gt = nib.load(str(image_path)), nib.load(str(label_path))
-        label, bad = integer_labels(np.asanyarray(gt.dataobj[..., frame]), LABELS.values())
+        try:
+            image, gt = load_nifti(image_path), load_nifti(label_path)
+            image_frame, label_frame = nifti_array(image, frame), nifti_array(gt, frame)
+        except ImageReadError as e:
+            problems.add_unreadable(e)
+            return None
+        label, bad = integer_labels(label_frame, LABELS.values())
         where = f"{label_path} frame {frame} ({'/'.join(phases)})"
         if bad:
             problems.add(where, bad, "0 background, 1 LV, 2 MYO, 3 RV", "use the released ground truth file")
@@ -380,6 +386,6 @@ def _loader(image_path: Path, label_path: Path, frame: int, phases: list[str]):
                          "check ED/ES in the CSV: indices are 0-based and must point at the annotated frames")
             return None
         affine, notes = direction_note(image.affine)
-        return [np.asanyarray(image.dataobj[..., frame])], label, affine, notes
+        return [image_frame], label, affine, notes
 
     return load

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 
 from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.common import (
@@ -39,9 +38,10 @@ from nnunet_ext.dataset_conversion.common import (
     readable_by_others,
     up_to_date,
 )
-from nnunet_ext.dataset_conversion.splits import grouped_folds
+from nnunet_ext.dataset_conversion.splits import requested_folds
 from nnunet_ext.domains import DomainMetadata, save_domains
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
+from nnunet_ext.utils.image_io import ImageReadError, load_nifti, nifti_array
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,9 @@ def check_msd_task(task: Path) -> dict:
     """Check an unpacked Decathlon task; returns its ``dataset.json``.
 
     Raises:
-        ConversionError: listing every problem (folder name, missing folders, unpaired files, label values
-            not in ``dataset.json``, label maps that are not 3D).
+        ConversionError: listing every problem (folder name, missing folders, unpaired files, truncated or
+            unreadable files, label values not in ``dataset.json``, label maps that are not 3D).
     """
-    import nibabel as nib
-
     problems = Problems()
     if not _TASK.match(task.name):
         problems.add(task, f"folder name {task.name!r}", "TaskNN_Name (e.g. Task04_Hippocampus)",
@@ -103,12 +101,21 @@ def check_msd_task(task: Path) -> dict:
         problems.add(task / "imagesTr" / name, "no label", f"labelsTr/{name}", "unpack the whole tarball")
     for name in sorted(labels - images):
         problems.add(task / "labelsTr" / name, "no image", f"imagesTr/{name}", "unpack the whole tarball")
+    for path in [p for sub in ("imagesTr", "imagesTs") for p in _visible_niftis(task / sub)]:
+        try:
+            load_nifti(path)  # nnunetv2's converter reads the images; a truncated one must not get that far
+        except ImageReadError as e:
+            problems.add_unreadable(e)
     for name in sorted(labels & images):
-        label = nib.load(str(task / "labelsTr" / name))
-        if len(label.shape) != 3:
-            problems.add(task / "labelsTr" / name, f"shape {label.shape}", "a 3D label map", "re-download")
+        try:
+            label = load_nifti(task / "labelsTr" / name)
+            if len(label.shape) != 3:
+                problems.add(task / "labelsTr" / name, f"shape {label.shape}", "a 3D label map", "re-download")
+                continue
+            values = label_values(nifti_array(label))
+        except ImageReadError as e:
+            problems.add_unreadable(e)
             continue
-        values = label_values(np.asanyarray(label.dataobj))
         bad = sorted(v for v in values if not float(v).is_integer() or int(v) not in defined)
         if bad:
             problems.add(task / "labelsTr" / name, f"label values {bad}",
@@ -124,7 +131,7 @@ def convert_msd(
     dataset_id: int,
     raw_root: str | Path,
     num_processes: int = 1,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
@@ -136,7 +143,7 @@ def convert_msd(
         dataset_id: nnU-Net dataset id, 1..999.
         raw_root: nnU-Net raw folder (``$nnUNet_raw``).
         num_processes: worker processes of nnunetv2's converter.
-        num_folds: folds of ``splits_final.json``.
+        num_folds: folds of ``splits_final.json``; None: 5, or one per training case if fewer.
         seed: seed of the folds.
         overwrite: replace an existing dataset written from other inputs or options.
         progress: unused (nnunetv2's converter reports nothing); accepted for a uniform CLI.
@@ -145,7 +152,7 @@ def convert_msd(
         The dataset folder.
 
     Raises:
-        ValueError / ConversionError: bad task folder (every problem listed).
+        ValueError / ConversionError: bad task folder (every problem listed), or more folds than training cases.
         FileExistsError: the folder exists from other inputs and ``overwrite`` is False, or the id is taken.
     """
     from nnunetv2.dataset_conversion import convert_MSD_dataset as msd_module
@@ -162,6 +169,8 @@ def convert_msd(
         logger.info("%s is up to date", target)
         return target
     check_id_unused(target)
+    expected_train = sorted(p.name[: -len(".nii.gz")] for p in _visible_niftis(task / "labelsTr"))
+    folds = requested_folds({c: c for c in expected_train}, num_folds, seed)  # refuse before converting
 
     with atomic_directory(target, overwrite=True) as tmp:
         readable_by_others(tmp)
@@ -183,16 +192,20 @@ def convert_msd(
         meta.add_domain(domain, f"Medical Segmentation Decathlon {task.name}: {dataset.get('description', '')}".strip(),
                         simulated=False, role="source")
         train = sorted(p.name[: -len(".nii.gz")] for p in (tmp / "labelsTr").glob("*.nii.gz"))
+        if train != expected_train:
+            raise RuntimeError(f"nnunetv2's converter wrote the training cases {train}, not the task's "
+                               f"{expected_train}; report this to nnunet-ext with your nnunetv2 version")
         test = sorted({p.name[: -len("_0000.nii.gz")] for p in (tmp / "imagesTs").glob("*_0000.nii.gz")})
         for case in train:
             meta.add_case(case, domain, "train", subject=case)
         for case in test:
             meta.add_case(case, domain, "test", subject=case, labelled=False)
         save_domains(meta, tmp)
-        write_json_atomic(tmp / SPLITS_FILENAME, grouped_folds({c: c for c in train}, num_folds, seed))
+        write_json_atomic(tmp / SPLITS_FILENAME, folds)
         write_json_atomic(tmp / CONVERSION_FILENAME, {
             "converter": "msd (nnunetv2.dataset_conversion.convert_MSD_dataset.convert_msd_dataset)",
             "nnunet_ext_version": __version__, "options": options, "fingerprint": digest,
+            "num_folds_written": len(folds),
             "task_dir": str(task.resolve()),
             "note": "imagesTs of the Decathlon has no public labels; labelsTs stays empty",
         })

@@ -20,6 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+#: folds of ``splits_final.json`` when the user does not ask for a number (nnU-Net's 5-fold cross-validation)
+DEFAULT_FOLDS = 5
+
 
 def _subjects(case_subject: Mapping[str, str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = defaultdict(list)
@@ -84,6 +87,43 @@ def grouped_folds(case_subject: Mapping[str, str], num_folds: int = 5, seed: int
     return folds
 
 
+def requested_folds(case_subject: Mapping[str, str], num_folds: int | None, seed: int = 0
+                    ) -> list[dict[str, list[str]]]:
+    """:func:`grouped_folds` with exactly the folds asked for, or a refusal: never fewer folds in silence.
+
+    Args:
+        case_subject: case id -> subject id of the training cases.
+        num_folds: folds asked for (``--folds``); None means :data:`DEFAULT_FOLDS`, or one fold per training
+            subject when there are fewer subjects than that.
+        seed: shuffling seed.
+
+    Returns:
+        The folds, ``len == num_folds`` when ``num_folds`` is given.
+
+    Raises:
+        ValueError: ``num_folds`` exceeds the number of training subjects (every fold needs at least one
+            validation subject), or :func:`grouped_folds` refuses.
+
+    >>> len(requested_folds({"a": "a", "b": "b", "c": "c"}, None))
+    3
+    >>> try:
+    ...     requested_folds({"a": "a", "b": "b", "c": "c"}, 5)
+    ... except ValueError as e:
+    ...     print(str(e).split(":")[0])
+    --folds 5 asks for more folds than there are training subjects (3)
+    """
+    subjects = len(set(case_subject.values()))
+    if num_folds is None:
+        return grouped_folds(case_subject, min(DEFAULT_FOLDS, max(subjects, 2)), seed)
+    if isinstance(num_folds, int) and not isinstance(num_folds, bool) and subjects >= 2 and num_folds > subjects:
+        raise ValueError(
+            f"--folds {num_folds} asks for more folds than there are training subjects ({subjects}): every fold "
+            f"needs at least one validation subject. Pass --folds {subjects} or fewer (at least 2), or leave "
+            f"--folds out to get one fold per subject"
+        )
+    return grouped_folds(case_subject, num_folds, seed)
+
+
 def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subject: Mapping[str, str]) -> None:
     """Raise if any fold has a subject on both its train and its val side.
 
@@ -98,6 +138,23 @@ def check_no_straddling(folds: Sequence[Mapping[str, Sequence[str]]], case_subje
                 bad.append(f"fold {i}: subject {case_subject[c]!r} ({c} in val, other cases in train)")
     if bad:
         raise ValueError("patients straddle folds:\n" + "\n".join(bad))
+
+
+def stage_weights(num_sources: int, num_stages: int) -> np.ndarray:
+    """Mixing weights, shape ``(num_stages, num_sources)``: a window sliding linearly along the sources.
+
+    The weight of source ``i`` at stage ``k`` is ``max(0, 1 - |k (n - 1) / (S - 1) - i|)`` with ``n`` sources
+    and ``S`` stages: pure source 0 at the first stage, pure source ``n - 1`` at the last; one stage mixes all
+    sources equally. The shifting-source streams deal each source's units with these weights
+    (:func:`deal_to_stages`).
+
+    >>> stage_weights(2, 3).tolist()
+    [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    """
+    if num_stages == 1:
+        return np.full((1, num_sources), 1.0 / num_sources)
+    position = np.arange(num_stages)[:, None] * (num_sources - 1) / (num_stages - 1)
+    return np.maximum(0.0, 1.0 - np.abs(position - np.arange(num_sources)[None, :]))
 
 
 def deal_to_stages(units: Sequence[str], share: Sequence[float]) -> list[list[str]]:

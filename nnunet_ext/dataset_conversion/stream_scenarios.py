@@ -10,7 +10,7 @@ input dataset is refused.
 
 **Shifting source** (:func:`shifting_source_stream`): the sources (domains) in ``order`` are mixed with
 weights that slide linearly from pure ``order[0]`` at stage 0 to pure ``order[-1]`` at the last stage
-(:func:`nnunet_ext.dataset_conversion.hippocampus_stream.stage_weights`: weight of source ``i`` at stage
+(:func:`nnunet_ext.dataset_conversion.splits.stage_weights`: weight of source ``i`` at stage
 ``k`` is ``max(0, 1 - |k (n - 1) / (S - 1) - i|)``). Per source, its training units are shuffled (seeded)
 and cut into stage groups in proportion to the source's weights over the stages
 (:func:`nnunet_ext.dataset_conversion.splits.deal_to_stages`); its test units are dealt the same way, so a
@@ -62,11 +62,11 @@ from typing import Any, Literal
 import numpy as np
 
 from nnunet_ext.dataset_conversion.common import check_id_unused, dataset_folder
-from nnunet_ext.dataset_conversion.hippocampus_stream import stage_weights
-from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages, holdout_subjects
+from nnunet_ext.dataset_conversion.splits import deal_stratified, deal_to_stages, holdout_subjects, stage_weights
 from nnunet_ext.domains import DomainMetadata, load_domains, save_domains
 from nnunet_ext.streams import STREAM_FILENAME, Stage, Stream, write_stream
 from nnunet_ext.utils.atomic import atomic_directory
+from nnunet_ext.utils.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -450,13 +450,15 @@ def transformed_stream(
             case_seed = _case_seed(seed, k, index)
             if records[k]["steps"]:
                 channels, new_label = apply_stage_transform(
-                    [sitk.ReadImage(str(p)) for p in images], sitk.ReadImage(str(label)), records[k], case_seed)
+                    [read_image(p) for p in images], read_image(label), records[k], case_seed)
                 for c, image in enumerate(channels):
                     sitk.WriteImage(image, str(tmp / f"images{suffix}" / f"{new_case}_{c:04d}{file_ending}"),
                                     useCompression=True)
                 sitk.WriteImage(new_label, str(tmp / f"labels{suffix}" / f"{new_case}{file_ending}"),
                                 useCompression=True)
             else:
+                for p in (*images, label):
+                    read_image(p)  # copied unchanged, but a truncated input must not pass unnoticed
                 for c, p in enumerate(images):
                     shutil.copyfile(p, tmp / f"images{suffix}" / f"{new_case}_{c:04d}{file_ending}")
                 shutil.copyfile(label, tmp / f"labels{suffix}" / f"{new_case}{file_ending}")

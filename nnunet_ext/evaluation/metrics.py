@@ -5,7 +5,8 @@ spacing bookkeeping, the empty-structure policy and a crop that keeps them fast 
 
 Metrics of one label, with ``P`` the predicted and ``R`` the reference mask:
 
-- **Dice** ``2|P ∩ R| / (|P| + |R|)``.
+- **Dice** ``2|P ∩ R| / (|P| + |R|)``: :func:`nnunet_ext.core.metrics.dice`, the one Dice every part of
+  nnunet-ext uses (CLI tools and trainers too), with the empty-structure rule below.
 - **Surface Dice** (normalized surface distance) at a tolerance ``τ`` mm: the fraction of boundary voxels
   of both masks whose distance to the other mask's boundary is ``<= τ``
   (``monai.metrics.compute_surface_dice``, ``use_subvoxels=False``: every boundary voxel counts once.
@@ -48,6 +49,8 @@ from monai.metrics import (
     compute_hausdorff_distance,
     compute_surface_dice,
 )
+
+from nnunet_ext.core.metrics import dice
 
 #: metric names in the order reports list them
 METRIC_NAMES: tuple[str, ...] = ("dice", "surface_dice", "hd95", "assd")
@@ -145,19 +148,19 @@ def binary_metrics(
     prediction = prediction.reshape(shape)
     reference = reference.reshape(shape)
 
+    overlap = dice(prediction, reference)  # NaN when both are empty, 0 when one is
     union = prediction | reference
     if not union.any():
         nan = float("nan")
-        return LabelMetrics(nan, nan, nan, nan, reference_voxels=0, prediction_voxels=0)
+        return LabelMetrics(overlap, nan, nan, nan, reference_voxels=0, prediction_voxels=0)
     box = _bounding_box(union, pad=1)
     prediction, reference = prediction[box], reference[box]
     n_pred = int(np.count_nonzero(prediction))
     n_ref = int(np.count_nonzero(reference))
     if n_pred == 0 or n_ref == 0:
         worst = image_diagonal_mm(shape, spacing)
-        return LabelMetrics(0.0, 0.0, worst, worst, reference_voxels=n_ref, prediction_voxels=n_pred)
+        return LabelMetrics(overlap, 0.0, worst, worst, reference_voxels=n_ref, prediction_voxels=n_pred)
 
-    dice = 2.0 * np.count_nonzero(prediction & reference) / (n_pred + n_ref)
     # one-hot, batch-first (B=1, C=1); include_background=True because the single channel is the structure
     y_pred = torch.from_numpy(prediction.copy())[None, None]
     y = torch.from_numpy(reference.copy())[None, None]
@@ -173,7 +176,7 @@ def binary_metrics(
             y_pred, y, include_background=True, symmetric=True, spacing=spacing_list
         )
     return LabelMetrics(
-        dice=float(dice),
+        dice=overlap,
         surface_dice=float(surface_dice[0, 0]),
         hd95=float(hd95[0, 0]),
         assd=float(assd[0, 0]),

@@ -2,10 +2,11 @@
 
 :class:`CateNormUNet` builds the network the plans describe (``PlainConvUNet`` or ``ResidualEncoderUNet``,
 built by nnU-Net's own ``get_network_from_plans``) and replaces every normalization layer of the chosen
-encoder stages with :class:`~nnunet_ext.core.catenorm.CateNorm` (same statistics, eps and affine). Its
-``encoder`` and ``decoder`` are the plans network's own modules, so every state-dict key of the plain
-network is unchanged (a stock nnU-Net checkpoint's weights fit) and the CateNorm branches add keys
-``...cond_shared.*``, ``...cond_gamma.*``, ``...cond_beta.*``. All other weights are shared by the two passes.
+encoder stages with :class:`~nnunet_ext.core.catenorm.CateNorm` (same statistics, eps and affine). It is a
+:class:`~nnunet_ext.networks.wrapper.PlansNetworkWrapper` around that plans network, so every state-dict key
+of the plain network is unchanged (a stock nnU-Net checkpoint's weights fit) and the CateNorm branches add keys
+``...cond_shared.*``, ``...cond_gamma.*``, ``...cond_beta.*`` plus the buffers ``catenorm_active`` and
+``catenorm_mask_mode``. All other weights are shared by the two passes.
 
 Passes (``forward(x, branch=...)``):
 
@@ -20,8 +21,17 @@ Passes (``forward(x, branch=...)``):
 Masks come from the highest-resolution output (deep supervision returns a list) and have
 ``num_classes`` channels.
 
-``hide_catenorm_state``: while True, ``state_dict()`` leaves out the CateNorm-branch entries (and
-``catenorm_active``) and ``load_state_dict`` keeps the current values of entries it does not get. nnU-Net's
+Test-time state (the rule of :mod:`nnunet_ext.networks.wrapper`): ``catenorm_active`` and the mask resizing
+``catenorm_mask_mode`` are saved buffers (checkpoints written before the mask mode was saved keep the build
+default). The stages are structural: they come from the plans variant or the trainer class and must be known
+before the weights load, so every load compares them with the stages the incoming state dict has CateNorm
+entries for and refuses a mismatch by name.
+
+Blank patches (:func:`~nnunet_ext.networks.wrapper.blank_patches`) in the two-pass inference get the plain
+pass only: a mask predicted from no content cannot condition anything (documented deviation).
+
+``hide_method_state`` (the wrapper's): while True, ``state_dict()`` leaves out the CateNorm-branch entries (and
+the two buffers) and ``load_state_dict`` keeps the current values of entries it does not get. nnU-Net's
 ``-pretrained_weights`` (``load_pretrained_weights``) requires every key of the new network in the
 checkpoint; the trainer sets the flag between ``initialize()`` and the start of training so that a stock
 nnU-Net checkpoint warm-starts everything but the (new, paper: randomly initialised) CateNorm branch.
@@ -30,6 +40,7 @@ nnU-Net checkpoint warm-starts everything but the (new, paper: randomly initiali
 from __future__ import annotations
 
 import pydoc
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any, Literal
@@ -42,6 +53,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from nnunet_ext.core.catenorm import CateNorm, MaskMode
+from nnunet_ext.networks.wrapper import PlansNetworkWrapper
 
 #: dotted path that plans variants put into ``network_class_name``
 CATENORM_UNET_PATH = "nnunet_ext.networks.catenorm.CateNormUNet"
@@ -54,6 +66,9 @@ SUPPORTED_BASES: tuple[str, ...] = (
 PAPER_NUM_STAGES = 4
 _CATENORM_KEYS = (".cond_shared.", ".cond_gamma.", ".cond_beta.")
 _ACTIVE_KEY = "catenorm_active"
+_MASK_MODE_KEY = "catenorm_mask_mode"
+MASK_MODES: tuple[str, ...] = ("area", "nearest")
+_STAGE_OF_KEY = re.compile(r"^encoder\.stages\.(\d+)\.")
 _IMPORT_KEYS = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 Branch = Literal["auto", "plain", "catenorm"]
@@ -66,7 +81,7 @@ def default_stages(n_stages: int) -> tuple[int, ...]:
 
 def is_catenorm_key(key: str) -> bool:
     """True for state-dict entries that belong to the CateNorm branch (not in a plain nnU-Net network)."""
-    return key.endswith(_ACTIVE_KEY) or any(k in key for k in _CATENORM_KEYS)
+    return key.endswith((_ACTIVE_KEY, _MASK_MODE_KEY)) or any(k in key for k in _CATENORM_KEYS)
 
 
 def _base_name(name: str) -> str:
@@ -78,7 +93,7 @@ def _base_name(name: str) -> str:
         f"default (nnUNetPlans) or residual-encoder (nnUNetResEncUNet*Plans) plans.")
 
 
-class CateNormUNet(nn.Module):
+class CateNormUNet(PlansNetworkWrapper):
     """A plans U-Net with CateNorm in ``catenorm_stages`` of the encoder and two-pass inference.
 
     Args:
@@ -94,13 +109,15 @@ class CateNormUNet(nn.Module):
 
     Raises:
         NotImplementedError: the base network or its normalization is not supported.
-        ValueError: a stage index is out of range or repeated.
+        ValueError: a stage index is out of range or repeated; on load, the state dict has CateNorm entries for
+            other stages.
     """
+
+    optional_entries = (_MASK_MODE_KEY,)  # checkpoints written before the mask mode was saved
 
     def __init__(self, input_channels: int, num_classes: int, base_network_class_name: str,
                  catenorm_stages: Sequence[int] | None = None, catenorm_hidden_ratio: float = 0.5,
                  catenorm_mask_mode: MaskMode = "area", deep_supervision: bool = False, **base_arch_kwargs: Any):
-        super().__init__()
         base_cls = pydoc.locate(_base_name(base_network_class_name))
         for key in _IMPORT_KEYS:  # plans hold dotted paths; nnU-Net resolves them before calling us
             if isinstance(base_arch_kwargs.get(key), str):
@@ -108,7 +125,7 @@ class CateNormUNet(nn.Module):
         base = base_cls(input_channels=input_channels, num_classes=num_classes, deep_supervision=deep_supervision,
                         **base_arch_kwargs)
         base.apply(base.initialize)  # nnU-Net's initialisation of the plain network (get_network_from_plans)
-        self.encoder, self.decoder = base.encoder, base.decoder
+        super().__init__(base)
         n_stages = len(self.encoder.stages)
         stages = default_stages(n_stages) if catenorm_stages is None else tuple(int(s) for s in catenorm_stages)
         if not stages or len(set(stages)) != len(stages) or not all(0 <= s < n_stages for s in stages):
@@ -116,13 +133,15 @@ class CateNormUNet(nn.Module):
                              f"encoder, got {catenorm_stages!r}")
         if not catenorm_hidden_ratio > 0:
             raise ValueError(f"catenorm_hidden_ratio must be > 0, got {catenorm_hidden_ratio!r}")
+        if catenorm_mask_mode not in MASK_MODES:
+            raise ValueError(f"catenorm_mask_mode must be one of {MASK_MODES}, got {catenorm_mask_mode!r}")
         self.catenorm_stages, self.hidden_ratio, self.num_classes = stages, float(catenorm_hidden_ratio), num_classes
-        self.mask_mode = catenorm_mask_mode
         spatial_dims = convert_conv_op_to_dim(self.encoder.conv_op)
         for s in stages:
             _equip(self.encoder.stages[s], num_classes, spatial_dims, self.hidden_ratio, catenorm_mask_mode)
         self.register_buffer(_ACTIVE_KEY, torch.tensor(False))
-        self.hide_catenorm_state = False
+        self.register_buffer(_MASK_MODE_KEY, torch.tensor(MASK_MODES.index(catenorm_mask_mode)))
+        self.register_load_state_dict_post_hook(_mask_mode_to_layers)
 
     # ------------------------------------------------------------------ layers and state
     def catenorm_layers(self) -> list[CateNorm]:
@@ -144,18 +163,29 @@ class CateNormUNet(nn.Module):
                 layer.init_from_plain()
         getattr(self, _ACTIVE_KEY).fill_(True)
 
-    def state_dict(self, *args, **kwargs):
-        sd = super().state_dict(*args, **kwargs)
-        if self.hide_catenorm_state:
-            for k in [k for k in sd if is_catenorm_key(k)]:
-                del sd[k]
-        return sd
+    @property
+    def mask_mode(self) -> str:
+        """Mask resizing of every CateNorm layer (saved as ``catenorm_mask_mode``)."""
+        return MASK_MODES[int(getattr(self, _MASK_MODE_KEY))]
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if self.hide_catenorm_state:
-            own = super().state_dict()
-            state_dict = {**{k: v for k, v in own.items() if is_catenorm_key(k)}, **state_dict}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    @mask_mode.setter
+    def mask_mode(self, mode: MaskMode) -> None:
+        if mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mode!r}")
+        getattr(self, _MASK_MODE_KEY).fill_(MASK_MODES.index(mode))
+        for layer in self.catenorm_layers():
+            layer.mask_mode = mode
+
+    def check_checkpoint(self, keys: set[str]) -> None:
+        """Refuse a state dict whose CateNorm entries belong to other encoder stages than this network's."""
+        saved = sorted({int(m.group(1)) for k in keys if any(c in k for c in _CATENORM_KEYS)
+                        and (m := _STAGE_OF_KEY.match(k))})
+        if saved and saved != sorted(self.catenorm_stages):
+            raise ValueError(
+                f"the state dict has CateNorm in encoder stages {saved} but this network was built with "
+                f"catenorm_stages {sorted(self.catenorm_stages)}. The stages come from the plans (nnext plans "
+                f"catenorm) or the trainer class attribute catenorm_stages: predict with the plans and the trainer "
+                f"the model was trained with")
 
     # ------------------------------------------------------------------ passes
     @staticmethod
@@ -167,17 +197,21 @@ class CateNormUNet(nn.Module):
     def forward(self, x: torch.Tensor, branch: Branch = "auto", mask: torch.Tensor | None = None):
         if branch not in ("auto", "plain", "catenorm"):
             raise ValueError(f"branch must be 'auto', 'plain' or 'catenorm', got {branch!r}")
-        if branch == "auto":
-            branch = "catenorm" if (not self.training and self.is_catenorm_active) else "plain"
+        if branch == "auto":  # training: plain; eval: the wrapper's test-time forward (blank patches: plain)
+            return super().forward(x)
         if branch == "plain":
-            return self.decoder(self.encoder(x))
+            return self.net(x)
         if mask is None:
             with torch.no_grad():
-                mask = self.mask_from_output(self.decoder(self.encoder(x)))
+                mask = self.mask_from_output(self.net(x))
         with ExitStack() as stack:
             for layer in self.catenorm_layers():
                 stack.enter_context(layer.conditioned_on(mask))
-            return self.decoder(self.encoder(x))
+            return self.net(x)
+
+    def test_time_forward(self, x: torch.Tensor):
+        """Eval mode: the two passes once ``catenorm_active`` is set, else the plain pass."""
+        return self.forward(x, branch="catenorm") if self.is_catenorm_active else self.net(x)
 
     def compute_conv_feature_map_size(self, input_size):
         return self.encoder.compute_conv_feature_map_size(input_size) + \
@@ -246,3 +280,9 @@ def build_catenorm_unet(arch_class_name: str, arch_kwargs: dict[str, Any], arch_
         arch_kwargs = catenorm_arch_kwargs(arch_class_name, arch_kwargs, catenorm_stages, hidden_ratio, mask_mode)
     return get_network_from_plans(CATENORM_UNET_PATH, arch_kwargs, list(arch_kwargs_req_import), input_channels,
                                   num_classes, allow_init=True, deep_supervision=deep_supervision)
+
+
+def _mask_mode_to_layers(module: CateNormUNet, _incompatible) -> None:
+    """Load post-hook: the loaded ``catenorm_mask_mode`` reaches every CateNorm layer."""
+    for layer in module.catenorm_layers():
+        layer.mask_mode = module.mask_mode

@@ -7,10 +7,18 @@ In eval mode (what ``nnUNetv2_predict`` and nnU-Net's validation use) each input
 
     p(t) = 1/n_MST * sum_i softmax(net(FDA(s_i, t)))         returned as log p(t) (valid logits)
 
-The bank is part of the state dict (persistent buffers, resized on load), so stock ``nnUNetv2_predict``
-and ``nnUNetv2_predict_from_modelfolder`` reproduce the method, and so do ensembles of folds whose banks
-differ in size. Settings (``beta``, ``n_mst``, ``mode``, ``selection``) are buffers too: they travel with
-the checkpoint and ``nnext fda`` tools can change them without retraining.
+The network is a :class:`~nnunet_ext.networks.wrapper.PlansNetworkWrapper`: the plans network's entries keep
+their stock keys and the bank adds ``bank.*`` (checkpoints written with the older ``net.`` prefix still
+load). The bank is part of the state dict (persistent buffers, resized on load), so stock
+``nnUNetv2_predict`` and ``nnUNetv2_predict_from_modelfolder`` reproduce the method, and so do ensembles of
+folds whose banks differ in size. Settings (``beta``, ``n_mst``, ``mode``, ``selection``) are buffers too:
+they travel with the checkpoint and ``nnext fda`` tools can change them without retraining.
+
+**Blank input.** The amplitude spectrum of a constant patch is its mean alone; swapping in a donor's low
+frequencies would paint the donor's coarse anatomy into it (a blank image was predicted as ~14% tissue). So a
+patch whose every channel is (near-)constant is not restyled and gets the plain network's prediction, and
+in a multi-channel patch a near-constant channel is kept as it is while the other channels are restyled
+(:func:`~nnunet_ext.networks.wrapper.near_constant_channels`).
 
 Donor selection (``selection="srsim"``, the paper's "SR-SIM+"; ``"random"`` is its "MST" ablation: a fixed,
 seeded random choice of donors):
@@ -43,6 +51,7 @@ from torch import nn
 
 from nnunet_ext.core.fourier import amplitude_spectrum, check_window, fourier_amplitude_swap, low_frequency_mask
 from nnunet_ext.core.srsim import SRSIMFeatures, srsim_features, srsim_matrix
+from nnunet_ext.networks.wrapper import PlansNetworkWrapper, near_constant_channels
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +250,8 @@ class StyleBank(nn.Module):
 
         Returns:
             ``(styled, donor_index)``: ``styled`` is ``(B * n, C, *patch_size)`` with the ``n`` copies of a
-            sample contiguous (``n = min(n_mst, number of donors)``); ``donor_index`` is ``(B, n)`` for
+            sample contiguous (``n = min(n_mst, number of donors)``; near-constant channels are copied
+            unchanged); ``donor_index`` is ``(B, n)`` for
             whole-patch selection or ``(B, Z, n)`` (donor slice ``index = donor * Z + z``) for per-slice
             selection of 3D inputs.
 
@@ -275,7 +285,11 @@ class StyleBank(nn.Module):
         n = index.shape[-1]
         styled = fourier_amplitude_swap(x[:, None], donor_amp, beta, sd, mask=mask)
         # beta = 0 returns the target itself, without the copy axis broadcast
-        return styled.expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:]), index
+        styled = styled.expand(b, n, *x.shape[1:])
+        blank = near_constant_channels(x).view(b, 1, c, *[1] * (x.ndim - 2))
+        if bool(blank.any()):  # a constant channel has no style to change: keep it
+            styled = torch.where(blank, x[:, None].to(styled.dtype), styled)
+        return styled.reshape(b * n, *x.shape[1:]), index
 
     def _patch_similarity(self, grey: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` mean SR-SIM of corresponding slices between targets ``(B, Z, Y, X)`` and donor patches."""
@@ -302,46 +316,43 @@ class StyleBank(nn.Module):
         return flat.topk(min(n, int(torch.isfinite(flat).sum(-1).min())), dim=-1).indices
 
 
-class FourierMSTNetwork(nn.Module):
+class FourierMSTNetwork(PlansNetworkWrapper):
     """A segmentation network with multi-source Fourier style transfer at inference.
 
     Args:
-        net: the nnU-Net network (exposes ``.decoder.deep_supervision``).
-        bank: its :class:`StyleBank`.
-        max_batch: most styled copies through ``net`` at once (``None``: all ``B * n_MST`` in one batch).
+        net: the nnU-Net plans network (exposes ``.decoder.deep_supervision``).
+        bank: its :class:`StyleBank` (state-dict entries ``bank.*``).
+        max_batch: most styled copies through ``net`` at once (``None``: all ``B * n_MST`` in one batch); a
+            memory setting that does not change the output.
 
     Training mode, or an eval-mode call with the transfer switched off (``enabled = False``), is ``net(x)``.
+    In eval mode a blank patch (:func:`~nnunet_ext.networks.wrapper.blank_patches`) is not restyled: it gets
+    the plain network's prediction, as log-probabilities like every output of the transfer.
     """
 
     def __init__(self, net: nn.Module, bank: StyleBank, max_batch: int | None = None):
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.bank = bank
         self.max_batch = max_batch
-        self.enabled = True
 
-    @property
-    def decoder(self) -> nn.Module:
-        """The wrapped network's decoder (nnU-Net toggles ``decoder.deep_supervision`` on it)."""
-        return self.net.decoder
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.net.encoder
-
-    def forward(self, x: torch.Tensor):
-        if self.training or not self.enabled:
-            return self.net(x)
+    def test_time_forward(self, x: torch.Tensor) -> torch.Tensor:
         styled, _ = self.bank.styled_copies(x)
         step = styled.shape[0] if self.max_batch is None else max(1, self.max_batch)
-        outputs = [self.net(styled[i:i + step]) for i in range(0, styled.shape[0], step)]
-        if isinstance(outputs[0], (list, tuple)):
-            raise RuntimeError("multi-source transfer needs deep supervision disabled at inference "
-                               "(nnU-Net's predictor and validation disable it)")
-        logits = torch.cat(outputs)
+        logits = torch.cat([_logits(self.net(styled[i:i + step])) for i in range(0, styled.shape[0], step)])
         n = styled.shape[0] // x.shape[0]
         probs = torch.softmax(logits.float(), dim=1).view(x.shape[0], n, *logits.shape[1:]).mean(1)
         return torch.log(probs.clamp_min(1e-6)).to(logits.dtype)
+
+    def blank_forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = _logits(self.net(x))
+        return torch.log_softmax(logits.float(), dim=1).to(logits.dtype)
+
+
+def _logits(output) -> torch.Tensor:
+    if isinstance(output, (list, tuple)):
+        raise RuntimeError("multi-source transfer needs deep supervision disabled at inference "
+                           "(nnU-Net's predictor and validation disable it)")
+    return output
 
 
 def _fit(array: np.ndarray, size: Sequence[int], starts: Sequence[int | None]) -> np.ndarray:

@@ -18,9 +18,26 @@ that expert runs on the patch. Training statistics are computed on training patc
 patch features are what the histories describe. (Mirrored copies of a patch, nnU-Net's test-time
 augmentation, are routed separately too.)
 
-**Inspection.** Set ``NNEXT_ODEX_SELECTION_LOG=/path/file.jsonl`` when predicting: every routed forward
-appends one JSON line ``{"expert": [...], "score": [[...]], "far_ood": [...]}`` (per patch of
-the batch). ``ODExPool.selection_counts`` counts choices in memory.
+**Inspection.** ``nnext odex explain`` (:mod:`nnunet_ext.cli.odex`) predicts with nnU-Net's own predictor and
+writes, per case, the expert chosen for every patch and the scores. It attaches a :class:`SelectionRecorder`
+(:meth:`ODExPool.recording`); the forward pass only hands each routing decision to the recorder, in memory,
+and does nothing extra when none is attached (no environment variable, no file). ``ODExPool.selection_counts``
+counts choices in memory.
+
+**Blank patches** (every channel constant, as outside the body of a masked-normalised image) are routed like
+any other patch: their features are finite (the log standard deviation is taken of ``std + 1e-5``, so even a
+perfectly constant feature map gives a finite value), nothing in the scoring is random and ties go to the
+lowest expert index, so the choice is deterministic. A blank patch can lie far from every history (the far-OOD
+warning then says so); it gets the closest expert's own prediction, i.e. what that plain network predicts,
+and no other patch of the batch is affected.
+
+**How the pool follows the rule of** :mod:`nnunet_ext.networks.wrapper`: every expert is a plans network and
+its entries are that network's keys under ``experts.<i>.``; the variable parts (number of experts, history
+lengths, the reference) are restored from the state dict itself; ``active_expert`` is a buffer; the runtime
+switch ``route`` is not saved (trainers turn it off for nnU-Net's per-epoch pseudo-Dice);
+``far_ood_level`` (from the trainer class at build time) only decides which patches are reported, never a
+prediction. ``pool.decoder`` is :class:`PoolDecoders`: nnU-Net's deep-supervision switch reaches every
+expert.
 
 **Far out-of-distribution input** (score of the chosen expert above ``far_ood_level``; 1.0 = on average
 twice the largest in-distribution distance of its Gaussians) is still predicted by the closest expert, and a
@@ -31,12 +48,13 @@ not once per sliding-window patch. ``ODExPool.far_ood_count`` counts every far-O
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
+import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,10 +67,10 @@ from nnunet_ext.core.odex import (
     history_threshold,
     norm_input_features,
 )
+from nnunet_ext.networks.wrapper import moves_nothing, run_per_group
 
 logger = logging.getLogger(__name__)
 
-SELECTION_LOG_ENV = "NNEXT_ODEX_SELECTION_LOG"
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -189,26 +207,57 @@ class ExpertHistory(nn.Module):
                                       error_msgs)
 
 
-def _same_device(have: torch.device, want: torch.device) -> bool:
-    """``have`` is ``want``; ``cuda`` without an index means the current CUDA device."""
-    if want.type == "cuda" and want.index is None:
-        return have.type == "cuda" and have.index == torch.cuda.current_device()
-    return have == want
+class PoolDecoders:
+    """``pool.decoder``: the deep-supervision switch of every expert's decoder at once.
 
-
-class _DecoderProxy:
-    """``pool.decoder``: reads come from the active expert's decoder; ``deep_supervision`` writes reach all."""
+    nnU-Net's ``set_deep_supervision_enabled`` sets ``network.decoder.deep_supervision``; reading gives the
+    active expert's value (all experts share it).
+    """
 
     def __init__(self, pool: ODExPool):
-        object.__setattr__(self, "_pool", pool)
+        self._pool = pool
 
-    def __getattr__(self, name: str) -> Any:
-        pool = object.__getattribute__(self, "_pool")
-        return getattr(pool.experts[pool.active].decoder, name)
+    @property
+    def deep_supervision(self) -> bool:
+        return self._pool.experts[self._pool.active].decoder.deep_supervision
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        for expert in object.__getattribute__(self, "_pool").experts:
-            setattr(expert.decoder, name, value)
+    @deep_supervision.setter
+    def deep_supervision(self, enabled: bool) -> None:
+        for expert in self._pool.experts:
+            expert.decoder.deep_supervision = enabled
+
+
+@dataclass
+class SelectionRecorder:
+    """Routing decisions of an :class:`ODExPool`, one entry per routed patch, in the order they were made.
+
+    Attributes:
+        expert: chosen expert per patch.
+        score: every expert's score per patch (``None`` for an expert without history).
+        far_ood: whether the chosen expert's score was above ``far_ood_level``.
+    """
+
+    expert: list[int] = field(default_factory=list)
+    score: list[list[float | None]] = field(default_factory=list)
+    far_ood: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.expert)
+
+    def record(self, choices: list[int], scores: torch.Tensor, far: list[bool]) -> None:
+        """Append one routed batch: ``choices`` and ``far`` per sample, ``scores (B, M)``."""
+        self.expert.extend(choices)
+        self.score.extend([[v if math.isfinite(v) else None for v in row] for row in scores.tolist()])
+        self.far_ood.extend(far)
+
+    def clear(self) -> None:
+        self.expert, self.score, self.far_ood = [], [], []
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the per-patch lists and how often each expert was chosen."""
+        counts = Counter(self.expert)
+        return {"patches": len(self), "counts": {str(m): counts[m] for m in sorted(counts)},
+                "expert": list(self.expert), "score": [list(r) for r in self.score], "far_ood": list(self.far_ood)}
 
 
 class ODExPool(nn.Module):
@@ -226,6 +275,7 @@ class ODExPool(nn.Module):
         histories: ``nn.ModuleList`` of :class:`ExpertHistory`, one per expert.
         active: index of the expert being trained (persistent buffer ``active_expert``).
         route: route patches in eval mode (the trainer switches it off for nnU-Net's per-epoch validation).
+        recorder: a :class:`SelectionRecorder` that receives every routing decision, or ``None`` (default).
         selection_counts: how often each expert was chosen since construction.
         far_ood_count: how many routed patches were far out-of-distribution since construction.
     """
@@ -239,6 +289,7 @@ class ODExPool(nn.Module):
         self.reference = nn.ModuleList()  # empty, or the frozen feature network (see set_reference)
         self.register_buffer("active_expert", torch.zeros((), dtype=torch.long))
         self.route = True
+        self.recorder: SelectionRecorder | None = None
         self.selection_counts: Counter = Counter()
         self.far_ood_count = 0
         self._far_ood_warned = False  # re-armed by load_state_dict, i.e. per case in nnU-Net's predictor
@@ -258,8 +309,17 @@ class ODExPool(nn.Module):
         self.active_expert.fill_(index)
 
     @property
-    def decoder(self) -> _DecoderProxy:
-        return _DecoderProxy(self)
+    def decoder(self) -> PoolDecoders:
+        return PoolDecoders(self)
+
+    @contextmanager
+    def recording(self) -> Iterator[SelectionRecorder]:
+        """Attach a fresh :class:`SelectionRecorder` for the duration of the block (the previous one comes back)."""
+        previous, self.recorder = self.recorder, SelectionRecorder()
+        try:
+            yield self.recorder
+        finally:
+            self.recorder = previous
 
     def add_expert(self, parent: int) -> int:
         """Append a copy of expert ``parent`` (weights and history); returns the new index."""
@@ -343,17 +403,7 @@ class ODExPool(nn.Module):
             return self.experts[self.active](x)
         choices, scores = self.select(x)
         self._report(choices, scores)
-        if len(set(choices)) == 1:
-            return self.experts[choices[0]](x)
-        outputs = [None] * x.shape[0]
-        for m in sorted(set(choices)):
-            idx = [i for i, c in enumerate(choices) if c == m]
-            out = self.experts[m](x[idx])
-            for j, i in enumerate(idx):
-                outputs[i] = [o[j] for o in out] if isinstance(out, (list, tuple)) else out[j]
-        if isinstance(outputs[0], list):
-            return [torch.stack([o[k] for o in outputs]) for k in range(len(outputs[0]))]
-        return torch.stack(outputs)
+        return run_per_group(x, choices, lambda m, patches: self.experts[m](patches))
 
     def _report(self, choices: list[int], scores: torch.Tensor) -> None:
         self.selection_counts.update(choices)
@@ -364,13 +414,10 @@ class ODExPool(nn.Module):
             self._far_ood_warned = True
             logger.warning("ODEx: %d of %d patches are far out-of-distribution (score %s > %.2f for the closest "
                            "expert); predicting with the closest expert anyway. Further far-OOD patches of this "
-                           "input are not reported one by one (set %s to log every patch)", sum(far), len(far),
-                           [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level, SELECTION_LOG_ENV)
-        path = os.environ.get(SELECTION_LOG_ENV)
-        if path:
-            record = {"expert": choices, "score": scores.tolist(), "far_ood": far}
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                           "input are not reported one by one (`nnext odex explain` lists every patch)", sum(far),
+                           len(far), [round(b, 2) for b, f in zip(best, far) if f], self.far_ood_level)
+        if self.recorder is not None:
+            self.recorder.record(choices, scores, far)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`, but in eval mode a repeated load of the same, unmodified
@@ -400,11 +447,7 @@ class ODExPool(nn.Module):
         cost more per case than the routed forward of a small slab). A device or dtype change, or any
         ``memory_format``, goes through ``Module.to`` as usual.
         """
-        device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
-        if memory_format is None and all(
-                (device is None or _same_device(t.device, device))
-                and (dtype is None or not (t.is_floating_point() or t.is_complex()) or t.dtype == dtype)
-                for t in (*self.parameters(), *self.buffers())):
+        if moves_nothing(self, *args, **kwargs):
             return self
         return super().to(*args, **kwargs)
 

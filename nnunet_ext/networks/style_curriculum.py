@@ -8,11 +8,13 @@ logits are averaged (as nnU-Net averages its mirroring TTA; the two compose: 4 r
 
     f_TTA(x) = 1/4 * sum_{k=0..3} rot_{-k}(f(rot_k(x)))
 
-The wrapper *adopts* the wrapped network's submodules under their own names instead of holding it as a
-child, so its state dict has exactly the stock keys (``encoder.*``, ``decoder.*``): a stock checkpoint loads
-into it (``nnUNetv2_train -pretrained_weights``) and its checkpoint loads into a stock network. The TTA switch
-is therefore not a buffer but comes from the trainer class (``build_network_architecture``); in Python it can
-be flipped on a loaded predictor (``predictor.network.rotation_tta = True``).
+It is a :class:`~nnunet_ext.networks.wrapper.PlansNetworkWrapper`: the state dict has the stock keys
+(``encoder.*``, ``decoder.*``) plus one entry, the persistent switch ``rotation_tta_enabled``. A stock
+checkpoint loads into it (the switch then keeps its build-time value, the trainer class's ``rotation_tta``;
+so do checkpoints written before the switch was saved) and :meth:`plans_state_dict` loads into a stock
+network. A checkpoint predicts with the switch it was saved with; on a loaded predictor change it in the
+parameters nnU-Net reloads before every case (:func:`with_rotation_tta`). Blank patches
+(:func:`~nnunet_ext.networks.wrapper.blank_patches`) get the plain network's output without rotations.
 
 Non-square in-plane patches are fine: a 90-degree rotation swaps the two axes and nnU-Net's networks accept
 any size divisible by their strides (nnU-Net patch sizes are). In 3D configurations "in-plane" means the two
@@ -21,10 +23,14 @@ trailing axes of nnU-Net's (transposed) array order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
-__all__ = ["ROTATIONS", "RotationTTANetwork", "rotate_back", "rotation_tta"]
+from nnunet_ext.networks.wrapper import PlansNetworkWrapper
+
+__all__ = ["ROTATIONS", "RotationTTANetwork", "rotate_back", "rotation_tta", "with_rotation_tta"]
 
 #: quarter turns of the TTA (0 = the unrotated input)
 ROTATIONS: tuple[int, ...] = (0, 1, 2, 3)
@@ -66,45 +72,41 @@ def rotation_tta(net: nn.Module, x: torch.Tensor, rotations: tuple[int, ...] = R
     return (total / len(rotations)).to(x.dtype if x.is_floating_point() else total.dtype)
 
 
-class RotationTTANetwork(nn.Module):
+class RotationTTANetwork(PlansNetworkWrapper):
     """A segmentation network with optional in-plane rotation TTA at inference; stock state-dict keys.
 
     Args:
-        net: the nnU-Net network (exposes ``.decoder.deep_supervision``).
-        rotation_tta: average over 0/90/180/270-degree rotations in eval mode.
+        net: the nnU-Net plans network (exposes ``.decoder.deep_supervision``).
+        rotation_tta: average over 0/90/180/270-degree rotations in eval mode (the build-time default of the
+            persistent buffer ``rotation_tta_enabled``; a loaded checkpoint's value wins).
+
+    Attributes:
+        rotation_tta: the saved switch as a bool; assign to change it.
     """
 
+    optional_entries = ("rotation_tta_enabled",)  # checkpoints written before it was saved keep the class default
+
     def __init__(self, net: nn.Module, rotation_tta: bool = False):
-        super().__init__()
-        object.__setattr__(self, "_net", net)  # not registered: its parts are registered below, under their names
-        for name, module in net.named_children():
-            self.add_module(name, module)
-        for name, param in net.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in net.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in net._non_persistent_buffers_set)
-        self.rotation_tta = bool(rotation_tta)
+        super().__init__(net)
+        self.register_buffer("rotation_tta_enabled", torch.tensor(bool(rotation_tta)))
 
     @property
-    def wrapped(self) -> nn.Module:
-        """The stock network (shares every module and parameter with this wrapper)."""
-        return self._net
+    def rotation_tta(self) -> bool:
+        return bool(self.rotation_tta_enabled)
 
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        # .to()/.half() may replace tensors registered directly on the wrapped root: share ours again
-        for name in self._net._parameters:
-            self._net._parameters[name] = self._parameters[name]
-        for name in self._net._buffers:
-            self._net._buffers[name] = self._buffers[name]
-        return self
+    @rotation_tta.setter
+    def rotation_tta(self, on: bool) -> None:
+        self.rotation_tta_enabled.fill_(bool(on))
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._net.training = mode  # the wrapped root module itself is not a child
-        return self
+    def test_time_forward(self, x: torch.Tensor):
+        return rotation_tta(self.net, x) if self.rotation_tta else self.net(x)
 
-    def forward(self, x: torch.Tensor):
-        if self.training or not self.rotation_tta:
-            return self._net(x)
-        return rotation_tta(self._net, x)
+
+def with_rotation_tta(state_dict: Mapping[str, torch.Tensor], on: bool) -> dict[str, torch.Tensor]:
+    """A copy of a :class:`RotationTTANetwork` state dict with the TTA switch set to ``on`` (the input is kept).
+
+    nnU-Net's predictor loads its saved parameters before every case, so switching TTA on a loaded predictor
+    means changing them: ``predictor.list_of_parameters = [with_rotation_tta(p, True) for p in
+    predictor.list_of_parameters]``.
+    """
+    return {**state_dict, "rotation_tta_enabled": torch.tensor(bool(on))}

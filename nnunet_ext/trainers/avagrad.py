@@ -27,8 +27,7 @@ class                                         paper column   nnunetv2 equivalent
 
 from __future__ import annotations
 
-import json
-import os
+from typing import Any, ClassVar
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -38,13 +37,20 @@ from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import
 
 from nnunet_ext.core.avagrad import AvaGrad
 from nnunet_ext.core.layer_speed import GROUPS, UpdateMeter, layer_group
-from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.trainers.budget import BudgetMixin, FixedEpochsMixin
+from nnunet_ext.trainers.toolkit import EpochLog, NNExtTrainerMixin, unwrap
+
+__all__ = ["LAYER_SPEED_FILENAME", "AvaGradMixin", "LayerSpeedMixin", "nnUNetTrainerAvaGrad",
+           "nnUNetTrainerAvaGrad_25epochs", "nnUNetTrainerAvaGrad_1000epochs", "nnUNetTrainerAvaGrad_demo",
+           "nnUNetTrainerAvaGrad_layerspeed", "nnUNetTrainerAvaGradNoDA_25epochs",
+           "nnUNetTrainerEarlyStopAdam_25epochs", "nnUNetTrainerEarlyStopAdam_50epochs",
+           "nnUNetTrainerEarlyStopAdamNoDA_25epochs", "nnUNetTrainerEarlyStopSGD_25epochs",
+           "nnUNetTrainerEarlyStopSGDNoDA_25epochs", "nnUNetTrainerSGD_layerspeed"]
 
 LAYER_SPEED_FILENAME = "layer_speed.json"
 
 
-class AvaGradMixin:
+class AvaGradMixin(NNExtTrainerMixin):
     """Replaces nnU-Net's SGD with :class:`~nnunet_ext.core.avagrad.AvaGrad`; keeps the poly schedule.
 
     Attributes:
@@ -78,14 +84,15 @@ class AvaGradMixin:
             f"decoupled weight decay {self.avagrad_weight_decay}, poly schedule over {self.num_epochs} epochs")
 
 
-class LayerSpeedMixin:
+class LayerSpeedMixin(NNExtTrainerMixin):
     """Records, per epoch, each U-Net conv layer's mean absolute weight update per iteration (paper Fig. 2).
 
     Written (rank 0) to ``<fold folder>/layer_speed.json``: ``{"groups": {layer: group}, "epochs": [...],
     "updates": {layer: [value per epoch]}}``. Costs one copy of the tracked weights per iteration, so it is
     a separate setting (``record_layer_speed``), off in the plain trainers. Resuming with ``--c`` keeps the
-    epochs up to the checkpoint and drops later ones. ``decoder.seg_layers.0`` (the lowest-resolution head)
-    records 0: nnU-Net gives that deep-supervision output the loss weight 0, so it never trains.
+    epochs up to the checkpoint and drops later ones (:class:`~nnunet_ext.trainers.toolkit.EpochLog`).
+    ``decoder.seg_layers.0`` (the lowest-resolution head) records 0: nnU-Net gives that deep-supervision output
+    the loss weight 0, so it never trains.
     """
 
     record_layer_speed: bool = True
@@ -94,22 +101,12 @@ class LayerSpeedMixin:
         super().on_train_start()
         if not self.record_layer_speed:
             return
-        network = self.network.module if self.is_ddp else self.network
-        network = getattr(network, "_orig_mod", network)
-        tracked = {n: p for n, p in network.named_parameters() if layer_group(n) is not None}
+        tracked = {n: p for n, p in unwrap(self.network).named_parameters() if layer_group(n) is not None}
         self._layer_meter = UpdateMeter(tracked)
-        self._layer_speed = {"groups": {n: layer_group(n) for n in tracked}, "group_order": list(GROUPS),
-                             "optimizer": type(self.optimizer).__name__, "epochs": [],
-                             "updates": {n: [] for n in tracked}}
-        path = os.path.join(self.output_folder, LAYER_SPEED_FILENAME)
-        if os.path.isfile(path):  # resumed run: keep what the checkpoint covers
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            keep = [i for i, e in enumerate(previous.get("epochs", [])) if e < self.current_epoch]
-            if set(previous.get("updates", {})) == set(tracked):
-                self._layer_speed["epochs"] = [previous["epochs"][i] for i in keep]
-                for n in tracked:
-                    self._layer_speed["updates"][n] = [previous["updates"][n][i] for i in keep]
+        header = {"groups": {n: layer_group(n) for n in tracked}, "group_order": list(GROUPS),
+                  "optimizer": type(self.optimizer).__name__}
+        self._layer_speed = EpochLog.for_trainer(self, LAYER_SPEED_FILENAME, header, columns=tuple(tracked),
+                                                 group="updates")
 
     def train_step(self, batch: dict) -> dict:
         if not self.record_layer_speed:
@@ -121,12 +118,7 @@ class LayerSpeedMixin:
 
     def on_epoch_end(self):
         if self.record_layer_speed:
-            means = self._layer_meter.pop_means()
-            self._layer_speed["epochs"].append(self.current_epoch)
-            for n, v in means.items():
-                self._layer_speed["updates"][n].append(v)
-            if self.local_rank == 0:
-                write_json_atomic(os.path.join(self.output_folder, LAYER_SPEED_FILENAME), self._layer_speed)
+            self._layer_speed.append(self.current_epoch, self._layer_meter.pop_means())
         super().on_epoch_end()
 
 
@@ -193,9 +185,11 @@ class nnUNetTrainerAvaGradNoDA_25epochs(FixedEpochsMixin, AvaGradMixin, nnUNetTr
     epochs = 25
 
 
-class nnUNetTrainerAvaGrad_demo(CPUBudgetMixin, nnUNetTrainerAvaGrad):
-    """The ``nnext demo`` budget for AvaGrad with early stopping: 3 epochs x 25 iterations (1/4 of stock's)."""
+class nnUNetTrainerAvaGrad_demo(BudgetMixin, nnUNetTrainerAvaGrad):
+    """The ``nnext demo`` budget for AvaGrad with early stopping: 3 epochs x 25 iterations (1/4 of stock's).
 
-    epochs = 3
-    budget_iterations = 25
-    budget_val_iterations = 5
+    The budget alone would give AvaGrad's 50 epochs x 12/1000 = 1 epoch; the demo trains 3.
+    """
+
+    budget = "demo"
+    budget_overrides: ClassVar[dict[str, Any]] = {"num_epochs": 3}

@@ -28,8 +28,7 @@ sample and channel) by default, BatchNorm if the plans say so. The paper uses Ba
 
 from __future__ import annotations
 
-import json
-import os
+from typing import Any, ClassVar
 
 import numpy as np
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -40,14 +39,25 @@ from nnunet_ext.networks.catenorm import (
     build_catenorm_unet,
 )
 from nnunet_ext.trainers.avagrad import AvaGradMixin
-from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
-from nnunet_ext.trainers.steps import amp_context, backward_and_step
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.trainers.budget import BudgetMixin, FixedEpochsMixin
+from nnunet_ext.trainers.toolkit import (
+    EpochLog,
+    NNExtTrainerMixin,
+    amp_context,
+    backward_and_step,
+    batch_to_device,
+    unwrap,
+)
+
+__all__ = ["CATENORM_LOG_FILENAME", "nnUNetTrainerCateNorm", "nnUNetTrainerCateNormAvaGrad",
+           "nnUNetTrainerCateNorm_block1", "nnUNetTrainerCateNorm_block1_demo", "nnUNetTrainerCateNorm_demo",
+           "nnUNetTrainerCateNorm_smoke", "nnUNetTrainerCateNorm_warmup0", "nnUNetTrainerCateNorm_warmup160",
+           "nnUNetTrainerCateNorm_warmup500"]
 
 CATENORM_LOG_FILENAME = "catenorm.json"
 
 
-class nnUNetTrainerCateNorm(nnUNetTrainer):
+class nnUNetTrainerCateNorm(NNExtTrainerMixin, nnUNetTrainer):
     """CateNorm in encoder stages 1-4 (paper "block 1-4"), warm-up 50 of nnU-Net's 1000 epochs.
 
     Attributes:
@@ -59,6 +69,8 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
         catenorm_mask_mode: mask resizing to the feature maps, ``"area"`` or ``"nearest"``.
         catenorm_init_from_plain: start stage two with the CateNorm branch equal to the ordinary affine
             (paper: random initialisation).
+
+    ``warmup_epochs`` is an epoch setting: a budget scales it with ``num_epochs``.
     """
 
     catenorm_stages: tuple[int, ...] | None = None
@@ -66,6 +78,7 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
     catenorm_hidden_ratio: float = 0.5
     catenorm_mask_mode: str = "area"
     catenorm_init_from_plain: bool = True
+    epoch_settings: ClassVar[tuple[str, ...]] = ("warmup_epochs",)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -90,31 +103,32 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
         super().initialize()
         self._pass_losses: list[tuple[float, float]] = []
         # until training starts, let nnU-Net's -pretrained_weights transfer everything but the new branch
-        self._catenorm_net().hide_catenorm_state = True
+        self._catenorm_net().hide_method_state = True
 
     def _do_i_compile(self) -> bool:
         return False  # the conditioning mask is set on the layers from Python; keep eager mode
 
     def _catenorm_net(self) -> CateNormUNet:
-        net = self.network.module if self.is_ddp else self.network
-        net = getattr(net, "_orig_mod", net)
+        net = unwrap(self.network)
         if not isinstance(net, CateNormUNet):
             raise TypeError(f"{type(self).__name__} needs a CateNormUNet, got {type(net).__name__}")
         return net
 
+    # between initialize() and the start of training the branch is hidden from state_dict() (for nnU-Net's
+    # -pretrained_weights); a checkpoint always has it, and a loaded one ends that window
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
-        self._catenorm_net().hide_catenorm_state = False
+        self._catenorm_net().hide_method_state = False
 
     def save_checkpoint(self, filename: str) -> None:
-        self._catenorm_net().hide_catenorm_state = False
+        self._catenorm_net().hide_method_state = False
         super().save_checkpoint(filename)
 
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
         net = self._catenorm_net()
-        net.hide_catenorm_state = False
+        net.hide_method_state = False
         super().on_train_start()
         n_all = sum(p.numel() for p in net.parameters())
         n_cond = sum(p.numel() for p in net.conditioning_parameters())
@@ -125,15 +139,9 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
             f"of {self.num_epochs} epochs, hidden ratio {net.hidden_ratio}, mask resize {net.mask_mode}, "
             f"init from plain {self.catenorm_init_from_plain}; parameters {n_all} = plain x "
             f"{n_all / (n_all - n_cond):.4f}; already active: {net.is_catenorm_active}")
-        self._catenorm_log = {"warmup_epochs": self.warmup_epochs, "stages": list(net.catenorm_stages),
-                              "epochs": [], "stage": [], "train_loss_plain": [], "train_loss_catenorm": []}
-        path = os.path.join(self.output_folder, CATENORM_LOG_FILENAME)
-        if os.path.isfile(path):  # resumed run: keep the epochs the checkpoint covers
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            keep = [i for i, e in enumerate(previous.get("epochs", [])) if e < self.current_epoch]
-            for key in ("epochs", "stage", "train_loss_plain", "train_loss_catenorm"):
-                self._catenorm_log[key] = [previous[key][i] for i in keep]
+        self._catenorm_log = EpochLog.for_trainer(
+            self, CATENORM_LOG_FILENAME, {"warmup_epochs": self.warmup_epochs, "stages": list(net.catenorm_stages)},
+            columns=("stage", "train_loss_plain", "train_loss_catenorm"))
         self._pass_losses: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------------ training
@@ -150,10 +158,7 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
         net = self._catenorm_net()
         if not net.is_catenorm_active:
             return super().train_step(batch)
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
+        data, target = batch_to_device(batch, self.device)
         amp = amp_context(self.device)
 
         self.optimizer.zero_grad(set_to_none=True)  # update 1: shared weights + ordinary affine
@@ -176,18 +181,13 @@ class nnUNetTrainerCateNorm(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        log = self._catenorm_log
-        log["epochs"].append(self.current_epoch)
         if self._pass_losses:
-            log["stage"].append("catenorm")
-            log["train_loss_plain"].append(float(np.mean([p for p, _ in self._pass_losses])))
-            log["train_loss_catenorm"].append(float(np.mean([c for _, c in self._pass_losses])))
+            values = {"stage": "catenorm", "train_loss_plain": float(np.mean([p for p, _ in self._pass_losses])),
+                      "train_loss_catenorm": float(np.mean([c for _, c in self._pass_losses]))}
         else:
-            log["stage"].append("warmup")
-            log["train_loss_plain"].append(float(np.mean([o["loss"] for o in train_outputs])))
-            log["train_loss_catenorm"].append(None)
-        if self.local_rank == 0:
-            write_json_atomic(os.path.join(self.output_folder, CATENORM_LOG_FILENAME), log)
+            values = {"stage": "warmup", "train_loss_plain": float(np.mean([o["loss"] for o in train_outputs])),
+                      "train_loss_catenorm": None}
+        self._catenorm_log.append(self.current_epoch, values)
 
 
 class nnUNetTrainerCateNorm_block1(nnUNetTrainerCateNorm):
@@ -221,29 +221,26 @@ class nnUNetTrainerCateNormAvaGrad(FixedEpochsMixin, AvaGradMixin, nnUNetTrainer
     warmup_epochs = 5
 
 
-class nnUNetTrainerCateNorm_smoke(CPUBudgetMixin, nnUNetTrainerCateNorm):
-    """End-to-end test budget: 4 epochs x 15 iterations (as ``nnUNetTrainerCPU_smoke``), warm-up 2."""
+class nnUNetTrainerCateNorm_smoke(BudgetMixin, nnUNetTrainerCateNorm):
+    """End-to-end test budget: ``smoke`` (4 epochs x 15 iterations, as ``nnUNetTrainerCPU_smoke``), seed 0, warm-up 2.
 
-    epochs = 4
-    budget_iterations = 15
-    budget_val_iterations = 2
-    seed = 0  # tests: one known run (CPUBudgetMixin)
-    warmup_epochs = 2
+    The budget alone would scale the warm-up to 50 x 4/1000 = 0 epochs.
+    """
 
-
-class nnUNetTrainerCateNorm_demo(CPUBudgetMixin, nnUNetTrainerCateNorm):
-    """The ``nnext demo`` budget (12 epochs x 25 iterations, as ``nnUNetTrainerCPU_demo``), warm-up 4."""
-
-    epochs = 12
-    budget_iterations = 25
-    budget_val_iterations = 5
-    warmup_epochs = 4
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"warmup_epochs": 2}
 
 
-class nnUNetTrainerCateNorm_block1_demo(CPUBudgetMixin, nnUNetTrainerCateNorm_block1):
+class nnUNetTrainerCateNorm_demo(BudgetMixin, nnUNetTrainerCateNorm):
+    """The ``demo`` budget (12 epochs x 25 iterations, as ``nnUNetTrainerCPU_demo``), warm-up 4 (the budget: 1)."""
+
+    budget = "demo"
+    budget_overrides: ClassVar[dict[str, Any]] = {"warmup_epochs": 4}
+
+
+class nnUNetTrainerCateNorm_block1_demo(BudgetMixin, nnUNetTrainerCateNorm_block1):
     """``nnUNetTrainerCateNorm_demo`` with CateNorm in stage 1 only."""
 
-    epochs = 12
-    budget_iterations = 25
-    budget_val_iterations = 5
-    warmup_epochs = 4
+    budget = "demo"
+    budget_overrides: ClassVar[dict[str, Any]] = nnUNetTrainerCateNorm_demo.budget_overrides

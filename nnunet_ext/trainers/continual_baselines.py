@@ -26,9 +26,7 @@ in the fold folder.
 from __future__ import annotations
 
 import copy
-import json
-import os
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +39,12 @@ from nnunet_ext.core.continual_regularizers import (
     FisherAccumulator,
     deep_supervision_distillation_loss,
 )
-from nnunet_ext.trainers.budget import CPUBudgetMixin
-from nnunet_ext.trainers.stream import StreamTrainerMixin, unwrap
-from nnunet_ext.trainers.steps import amp_context, backward_and_step
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.trainers.budget import BudgetMixin
+from nnunet_ext.trainers.stream import StreamTrainerMixin
+from nnunet_ext.trainers.toolkit import EpochLog, amp_context, backward_and_step, batch_to_device, unwrap
+
+__all__ = ["ContinualRegularizerMixin", "EWCMixin", "LwFMixin", "nnUNetTrainerEWC", "nnUNetTrainerEWC_50epochs",
+           "nnUNetTrainerEWC_smoke", "nnUNetTrainerLwF", "nnUNetTrainerLwF_50epochs", "nnUNetTrainerLwF_smoke"]
 
 
 class ContinualRegularizerMixin(StreamTrainerMixin):
@@ -63,14 +63,8 @@ class ContinualRegularizerMixin(StreamTrainerMixin):
 
     def on_train_start(self):
         super().on_train_start()
-        keys = ("epochs", "stage", "train_loss_segmentation", "train_regularization")
-        self._continual_log: dict[str, Any] = {k: [] for k in keys}
-        path = os.path.join(self.output_folder, self.continual_log_filename)
-        if os.path.isfile(path):  # resumed run: keep the epochs the checkpoint covers
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            keep = [i for i, e in enumerate(previous.get("epochs", [])) if e < self.current_epoch]
-            self._continual_log = {k: [previous[k][i] for i in keep] for k in keys}
+        self._continual_log = EpochLog.for_trainer(
+            self, self.continual_log_filename, columns=("stage", "train_loss_segmentation", "train_regularization"))
         self._step_terms: list[tuple[float, float]] = []
 
     def on_train_epoch_start(self):
@@ -78,10 +72,7 @@ class ContinualRegularizerMixin(StreamTrainerMixin):
         self._step_terms = []
 
     def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
+        data, target = batch_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with amp_context(self.device):
             output = self.network(data)
@@ -94,13 +85,10 @@ class ContinualRegularizerMixin(StreamTrainerMixin):
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        log = self._continual_log
-        log["epochs"].append(self.current_epoch)
-        log["stage"].append(self.current_stage)
-        log["train_loss_segmentation"].append(float(np.mean([s for s, _ in self._step_terms])))
-        log["train_regularization"].append(float(np.mean([r for _, r in self._step_terms])))
-        if self.local_rank == 0:
-            write_json_atomic(os.path.join(self.output_folder, self.continual_log_filename), log)
+        self._continual_log.append(self.current_epoch, {
+            "stage": self.current_stage,
+            "train_loss_segmentation": float(np.mean([s for s, _ in self._step_terms])),
+            "train_regularization": float(np.mean([r for _, r in self._step_terms]))})
 
 
 class EWCMixin(ContinualRegularizerMixin):
@@ -153,11 +141,7 @@ class EWCMixin(ContinualRegularizerMixin):
         net.eval()
         accumulator = FisherAccumulator(net.named_parameters())
         for _ in range(int(self.ewc_fisher_batches)):
-            batch = next(self.dataloader_train)
-            data = batch["data"].to(self.device, non_blocking=True)
-            target = batch["target"]
-            target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-                else target.to(self.device, non_blocking=True)
+            data, target = batch_to_device(next(self.dataloader_train), self.device)
             net.zero_grad(set_to_none=True)
             with amp_context(self.device):
                 loss = self.loss(net(data), target)
@@ -284,20 +268,18 @@ class nnUNetTrainerLwF_50epochs(nnUNetTrainerLwF):
     epochs_per_stage = 50
 
 
-class nnUNetTrainerEWC_smoke(EWCMixin, CPUBudgetMixin, nnUNetTrainer):
-    """Tests: 2 epochs x 15 iterations per stage, Fisher over 4 batches."""
+class nnUNetTrainerEWC_smoke(EWCMixin, BudgetMixin, nnUNetTrainer):
+    """Tests: the ``smoke`` budget with 2 epochs x 15 iterations per stage, seed 0, Fisher over 4 batches."""
 
-    epochs_per_stage = 2
-    budget_iterations = 15
-    budget_val_iterations = 2
-    seed = 0  # tests: one known run (CPUBudgetMixin)
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"epochs_per_stage": 2}
     ewc_fisher_batches = 4
 
 
-class nnUNetTrainerLwF_smoke(LwFMixin, CPUBudgetMixin, nnUNetTrainer):
-    """Tests: 2 epochs x 15 iterations per stage."""
+class nnUNetTrainerLwF_smoke(LwFMixin, BudgetMixin, nnUNetTrainer):
+    """Tests: the ``smoke`` budget with 2 epochs x 15 iterations per stage, seed 0."""
 
-    epochs_per_stage = 2
-    budget_iterations = 15
-    budget_val_iterations = 2
-    seed = 0  # tests: one known run (CPUBudgetMixin)
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"epochs_per_stage": 2}

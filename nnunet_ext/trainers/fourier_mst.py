@@ -29,32 +29,22 @@ all-reduce is needed.
 
 from __future__ import annotations
 
-import numpy as np
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_ext.networks.fourier_mst import FourierMSTNetwork, StyleBank, sample_donor_patches
-from nnunet_ext.trainers.budget import CPUBudgetMixin
+from nnunet_ext.trainers.budget import BudgetMixin
+from nnunet_ext.trainers.toolkit import NNExtTrainerMixin, unwrap
+from nnunet_ext.utils.preprocessed import load_source_volumes
+
+__all__ = ["FourierMSTMixin", "nnUNetTrainerFourierMST", "nnUNetTrainerFourierMST_beta0p01",
+           "nnUNetTrainerFourierMST_beta0p05", "nnUNetTrainerFourierMST_beta0p1", "nnUNetTrainerFourierMST_mode2d",
+           "nnUNetTrainerFourierMST_mode2p5d", "nnUNetTrainerFourierMST_nmst3", "nnUNetTrainerFourierMST_random",
+           "nnUNetTrainerFourierMST_single", "nnUNetTrainerFourierMST_smoke"]
 
 
-def load_source_volumes(preprocessed_folder: str, keys: list[str], max_cases: int) -> list[np.ndarray]:
-    """Up to ``max_cases`` preprocessed cases (evenly spaced over ``keys``) as ``(C, Z, Y, X)`` arrays."""
-    if not keys:
-        raise ValueError(f"no training cases to build a style bank from in {preprocessed_folder}")
-    picks = sorted(set(np.linspace(0, len(keys) - 1, min(max_cases, len(keys))).round().astype(int).tolist()))
-    dataset = infer_dataset_class(preprocessed_folder)(preprocessed_folder, [keys[i] for i in picks])
-    return [np.asarray(dataset.load_case(keys[i])[0][:], dtype=np.float32) for i in picks]
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The module behind DDP and ``torch.compile`` wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
-
-
-class FourierMSTMixin:
+class FourierMSTMixin(NNExtTrainerMixin):
     """Wraps the trainer's network in a :class:`FourierMSTNetwork` and fills its bank after training.
 
     Attributes:
@@ -164,11 +154,9 @@ class nnUNetTrainerFourierMST_mode2p5d(nnUNetTrainerFourierMST):
     fda_mode = "2.5d"
 
 
-class nnUNetTrainerFourierMST_smoke(CPUBudgetMixin, nnUNetTrainerFourierMST):
-    """4 epochs x 15 iterations, n_MST 3 (end-to-end tests)."""
+class nnUNetTrainerFourierMST_smoke(BudgetMixin, nnUNetTrainerFourierMST):
+    """The ``smoke`` budget (4 epochs x 15 iterations), seed 0, n_MST 3 (end-to-end tests)."""
 
+    budget = "smoke"
+    seed = 0
     fda_n_mst = 3
-    epochs = 4
-    budget_iterations = 15
-    budget_val_iterations = 2
-    seed = 0  # tests: one known run (CPUBudgetMixin)

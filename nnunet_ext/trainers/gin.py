@@ -29,12 +29,10 @@ Combining: put the mixin first, ``class MyTrainer(GINMixin, nnUNetTrainerCateNor
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,10 +49,10 @@ from nnunet_ext.core.gin import (
     sample_ipa_parameters,
     view_consistency,
 )
-from nnunet_ext.trainers.budget import CPUBudgetMixin
+from nnunet_ext.trainers.budget import BudgetMixin
 from nnunet_ext.trainers.catenorm import nnUNetTrainerCateNorm
 from nnunet_ext.trainers.style_curriculum import StyleCurriculumMixin
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.trainers.toolkit import EpochLog, NNExtTrainerMixin, batch_to_device
 
 __all__ = [
     "GIN_LOG_FILENAME",
@@ -78,14 +76,6 @@ GIN_LOG_FILENAME = "gin.json"
 
 Target = torch.Tensor | list[torch.Tensor]
 _DEFAULTS = GINConfig()  # the trainers' defaults are the core's (authors' settings, our normalization)
-
-
-def _batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, Target]:
-    """``(data, target)`` of an nnU-Net batch on ``device``, moved as ``nnUNetTrainer.train_step`` does."""
-    target = batch["target"]
-    target = [t.to(device, non_blocking=True) for t in target] if isinstance(target, list) \
-        else target.to(device, non_blocking=True)
-    return batch["data"].to(device, non_blocking=True), target
 
 
 class PairedConsistencyLoss(nn.Module):
@@ -132,7 +122,7 @@ class PairedConsistencyLoss(nn.Module):
         return segmentation + self.weight * consistency
 
 
-class _GINAugmentation:
+class _GINAugmentation(NNExtTrainerMixin):
     """Settings, generator and ``gin.json`` log shared by :class:`GINMixin` and :class:`GINIPAMixin`.
 
     Attributes:
@@ -144,7 +134,7 @@ class _GINAugmentation:
         gin_normalization: ``"standardize"`` (default: per sample and channel back to the input's mean and std,
             so nnU-Net's z-scored inputs stay z-scored) or ``"frobenius"`` (the paper's norm matching only).
         gin_seed: seed of the augmentation's own ``torch.Generator``; None: drawn from torch's global generator
-            once the network is built (so ``CPUBudgetMixin.seed`` makes runs repeat). DDP ranks add their rank.
+            once the network is built (so ``BudgetMixin.seed`` makes runs repeat). DDP ranks add their rank.
     """
 
     gin_n_layers: int = _DEFAULTS.n_layers
@@ -182,12 +172,8 @@ class _GINAugmentation:
         super().on_train_start()
         self.print_to_log_file(f"{type(self).__name__} augmentation on the device after nnU-Net's: "
                                f"{self.gin_settings()}")
-        self._gin_log = {"settings": self.gin_settings(), "epochs": []}
-        path = os.path.join(self.output_folder, GIN_LOG_FILENAME)
-        if os.path.isfile(path):  # resumed run (--c): keep what the checkpoint covers
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            self._gin_log["epochs"] = [e for e in previous.get("epochs", []) if e["epoch"] < self.current_epoch]
+        self._gin_log = EpochLog.for_trainer(self, GIN_LOG_FILENAME, {"settings": self.gin_settings()},
+                                             layout="records")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -199,11 +185,9 @@ class _GINAugmentation:
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        entry: dict[str, Any] = {"epoch": self.current_epoch, "batches": len(self._gin_epoch.get("alpha", []))}
+        entry: dict[str, Any] = {"batches": len(self._gin_epoch.get("alpha", []))}
         entry.update({f"mean_{k}": float(np.mean(v)) for k, v in self._gin_epoch.items()})
-        self._gin_log["epochs"].append(entry)
-        if self.local_rank == 0:
-            write_json_atomic(os.path.join(self.output_folder, GIN_LOG_FILENAME), self._gin_log)
+        self._gin_log.append(self.current_epoch, entry)
 
 
 class GINMixin(_GINAugmentation):
@@ -213,7 +197,7 @@ class GINMixin(_GINAugmentation):
     """
 
     def train_step(self, batch: dict) -> dict:
-        data, target = _batch_to_device(batch, self.device)
+        data, target = batch_to_device(batch, self.device)
         with torch.no_grad():
             params = sample_gin_parameters(data.shape[0], data.shape[1], data.ndim - 2, self._gin,
                                            self._gin_generator, data.device, data.dtype)
@@ -260,7 +244,7 @@ class GINIPAMixin(_GINAugmentation):
         return self._ipa_loss
 
     def train_step(self, batch: dict) -> dict:
-        data, target = _batch_to_device(batch, self.device)
+        data, target = batch_to_device(batch, self.device)
         if self.ipa_keep_batch_size and data.shape[0] > 1:
             keep = torch.randperm(data.shape[0], generator=self._gin_generator)[: data.shape[0] // 2]
             keep = keep.sort().values.to(data.device)
@@ -312,52 +296,50 @@ class nnUNetTrainerStyleCurriculumDA5(StyleCurriculumMixin, nnUNetTrainerDA5):
     """LSCL (from scratch, curriculum in the last 10% of the epochs) on DA5-augmented batches."""
 
 
-class nnUNetTrainerGIN_smoke(CPUBudgetMixin, nnUNetTrainerGIN):
+#: the composition tests' budget: 2 epochs x 4 iterations, 1 validation iteration
+_TINY: dict[str, int] = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1}
+
+
+class nnUNetTrainerGIN_smoke(BudgetMixin, nnUNetTrainerGIN):
     """CPU test budget: 8 epochs x 25 iterations, seed 0 (as ``nnUNetTrainerGINIPA_smoke``)."""
 
-    epochs = 8
-    budget_iterations = 25
-    budget_val_iterations = 2
+    budget = "smoke"
     seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"num_epochs": 8, "num_iterations_per_epoch": 25}
 
 
-class nnUNetTrainerGINIPA_smoke(CPUBudgetMixin, nnUNetTrainerGINIPA):
+class nnUNetTrainerGINIPA_smoke(BudgetMixin, nnUNetTrainerGINIPA):
     """End-to-end test budget: 8 epochs x 25 iterations, seed 0.
 
     GIN-IPA learns more slowly than stock nnU-Net early on: with the stock smoke budget (4 x 15) the tiny demo
     model reached a test Dice of 0.03 (white matter never predicted); with 8 x 25 it reached 0.65 (seed 0).
     """
 
-    epochs = 8
-    budget_iterations = 25
-    budget_val_iterations = 2
+    budget = "smoke"
     seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"num_epochs": 8, "num_iterations_per_epoch": 25}
 
 
-class nnUNetTrainerGINDA5_smoke(CPUBudgetMixin, nnUNetTrainerGINDA5):
+class nnUNetTrainerGINDA5_smoke(BudgetMixin, nnUNetTrainerGINDA5):
     """Test budget: 2 epochs x 4 iterations, seed 0."""
 
-    epochs = 2
-    budget_iterations = 4
-    budget_val_iterations = 1
+    budget = "smoke"
     seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = _TINY
 
 
-class nnUNetTrainerCateNormGIN_smoke(CPUBudgetMixin, nnUNetTrainerCateNormGIN):
+class nnUNetTrainerCateNormGIN_smoke(BudgetMixin, nnUNetTrainerCateNormGIN):
     """Test budget: 2 epochs x 4 iterations, warm-up 1 epoch, seed 0."""
 
-    epochs = 2
-    budget_iterations = 4
-    budget_val_iterations = 1
+    budget = "smoke"
     seed = 0
-    warmup_epochs = 1
+    budget_overrides: ClassVar[dict[str, Any]] = {**_TINY, "warmup_epochs": 1}
 
 
-class nnUNetTrainerStyleCurriculumDA5_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurriculumDA5):
+class nnUNetTrainerStyleCurriculumDA5_smoke(BudgetMixin, nnUNetTrainerStyleCurriculumDA5):
     """Test budget: 2 epochs x 4 iterations, the curriculum from epoch 1, seed 0."""
 
-    epochs = 2
-    budget_iterations = 4
-    budget_val_iterations = 1
+    budget = "smoke"
     seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = _TINY
     curriculum_warmup_fraction = 0.5

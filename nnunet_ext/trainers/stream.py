@@ -5,7 +5,9 @@
 lists at every stage boundary (the dataloaders are rebuilt; the old worker processes are shut down).
 Methods plug in through two hooks, :meth:`~StreamTrainerMixin.on_stage_start` and
 :meth:`~StreamTrainerMixin.on_stage_end`, and keep their state in the checkpoint by extending
-:meth:`~StreamTrainerMixin.stream_state_dict` / :meth:`~StreamTrainerMixin.load_stream_state_dict`.
+:meth:`~StreamTrainerMixin.stream_state_dict` / :meth:`~StreamTrainerMixin.load_stream_state_dict` (saved
+under ``"nnext_stream"`` through the toolkit's checkpoint hooks,
+:class:`~nnunet_ext.trainers.toolkit.NNExtTrainerMixin`).
 
 Decisions (nnU-Net forces a few):
 
@@ -19,7 +21,9 @@ Decisions (nnU-Net forces a few):
   trainer writes ``checkpoint_latest.pth`` and a copy ``checkpoint_stage_K.pth`` (the model after stage K,
   for continual evaluation). ``nnUNetv2_train ... --c`` loads ``checkpoint_latest.pth`` first, so a run
   killed mid-stage resumes inside that stage (from the stage start or a later periodic save) and never
-  repeats a finished stage. The stream position is saved in the checkpoint under ``"nnext_stream"``.
+  repeats a finished stage. The stream position is saved in the checkpoint under ``"nnext_stream"``. A run
+  resumed at a stage boundary switches the data loaders to the new stage in the first epoch, as the
+  uninterrupted run does, so a seeded run continues the same random sequence.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -38,18 +43,16 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import (
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch import nn
 
 from nnunet_ext.streams import Stream, find_stream_file, read_stream
-from nnunet_ext.trainers.budget import CPUBudgetMixin
+from nnunet_ext.trainers.budget import BudgetMixin
+from nnunet_ext.trainers.toolkit import NNExtTrainerMixin
+from nnunet_ext.utils.atomic import atomic_path
+
+__all__ = ["STREAM_CHECKPOINT_KEY", "StagewisePolyLR", "StreamTrainerMixin", "nnUNetTrainerSequential",
+           "nnUNetTrainerSequential_50epochs", "nnUNetTrainerSequential_smoke"]
 
 STREAM_CHECKPOINT_KEY = "nnext_stream"
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The module behind DDP and ``torch.compile`` wrappers."""
-    network = getattr(network, "module", network)
-    return getattr(network, "_orig_mod", network)
 
 
 class StagewisePolyLR(PolyLRScheduler):
@@ -63,19 +66,20 @@ class StagewisePolyLR(PolyLRScheduler):
         super().step(None if current_step is None or current_step == -1 else current_step % self.steps_per_stage)
 
 
-class StreamTrainerMixin:
+class StreamTrainerMixin(NNExtTrainerMixin):
     """Trains stage after stage of the dataset's stream; base of every continual-learning trainer.
 
     Attributes:
         epochs_per_stage: epochs trained on each stage (the paper: 200); ``num_epochs`` becomes
-            ``epochs_per_stage * len(stream)``.
+            ``epochs_per_stage * len(stream)``. A budget scales it (``epoch_settings``).
         reset_optimizer_each_stage: rebuild the optimizer (fresh momentum) at each stage start.
         current_stage: index of the stage being trained (read-only property).
-        stream: the parsed :class:`~nnunet_ext.streams.Stream`.
+        stream: the parsed :class:`~nnunet_ext.streams.Stream` (read from :attr:`stream_file` on first use).
     """
 
     epochs_per_stage: int = 200
     reset_optimizer_each_stage: bool = True
+    epoch_settings: ClassVar[tuple[str, ...]] = ("epochs_per_stage",)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -86,20 +90,32 @@ class StreamTrainerMixin:
                              f"Run nnUNetv2_train DATASET CONFIG 0 -tr {type(self).__name__}")
         if int(self.epochs_per_stage) < 1:
             raise ValueError(f"{type(self).__name__}.epochs_per_stage must be >= 1, got {self.epochs_per_stage}")
-        self.stream_file: Path = find_stream_file(self.plans_manager.dataset_name,
-                                                  self.preprocessed_dataset_folder_base)
-        self.stream: Stream = read_stream(self.stream_file)
-        self.num_epochs = int(self.epochs_per_stage) * len(self.stream)
+        self.num_epochs = self.epochs_from_settings()
         self._stage_started = -1  # highest stage whose on_stage_start ran
         self._stages_done = 0  # stages whose on_stage_end ran
         self._data_stage: int | None = None  # stage whose cases the dataloaders serve
         self._all_stages_split = False  # do_split returns every stage's cases (final validation)
 
+    @cached_property
+    def stream_file(self) -> Path:
+        """The dataset's ``stream.json`` (:func:`~nnunet_ext.streams.find_stream_file`)."""
+        return find_stream_file(self.plans_manager.dataset_name, self.preprocessed_dataset_folder_base)
+
+    @cached_property
+    def stream(self) -> Stream:
+        return read_stream(self.stream_file)
+
+    def epochs_from_settings(self) -> int:
+        return int(self.epochs_per_stage) * len(self.stream)
+
     # ---------------------------------------------------------------- stream position
     @property
     def current_stage(self) -> int:
         """Index of the stage the current epoch belongs to (the last stage once training is over)."""
-        return min(self.current_epoch // int(self.epochs_per_stage), len(self.stream) - 1)
+        return self._stage_of(self.current_epoch)
+
+    def _stage_of(self, epoch: int) -> int:
+        return min(epoch // int(self.epochs_per_stage), len(self.stream) - 1)
 
     def on_stage_start(self, stage_index: int) -> None:
         """Hook: called once before the first epoch of ``stage_index`` (dataloaders already serve it)."""
@@ -108,7 +124,7 @@ class StreamTrainerMixin:
         """Hook: called once after the last epoch of ``stage_index`` (dataloaders still serve it)."""
 
     def stream_state_dict(self) -> dict[str, Any]:
-        """Method state saved in every checkpoint; subclasses extend the dict (call super)."""
+        """Method state saved in every checkpoint under ``"nnext_stream"``; subclasses extend the dict (call super)."""
         return {"stage_started": self._stage_started, "stages_done": self._stages_done,
                 "epochs_per_stage": int(self.epochs_per_stage), "num_stages": len(self.stream)}
 
@@ -148,7 +164,9 @@ class StreamTrainerMixin:
         return list(stage.train), list(stage.val or stage.train)
 
     def on_train_start(self):
-        self._data_stage = self.current_stage
+        # the loaders serve the stage of the last epoch trained: a run resumed at a stage boundary then switches
+        # them in on_epoch_start, as the uninterrupted run does (rebuilding them draws from the global RNG)
+        self._data_stage = self._stage_of(max(self.current_epoch - 1, 0))
         super().on_train_start()
 
     def on_epoch_start(self):
@@ -175,54 +193,15 @@ class StreamTrainerMixin:
         self._all_stages_split = True
         super().on_train_end()
 
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0 or self.disable_checkpointing:
-            super().save_checkpoint(filename)
-            return
-        target = Path(filename)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            torch.save({**self.nnunet_checkpoint(), STREAM_CHECKPOINT_KEY: self.stream_state_dict()}, tmp)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        return {**super().extra_checkpoint_state(), STREAM_CHECKPOINT_KEY: self.stream_state_dict()}
 
-    def nnunet_checkpoint(self) -> dict[str, Any]:
-        """The dict nnU-Net 2.8's ``nnUNetTrainer.save_checkpoint`` writes (same keys and values).
-
-        Built here so that the stream state joins it in memory and every checkpoint is written once (saving
-        nnU-Net's file, reading it back and rewriting it tripled the cost of each save, which grows with an
-        ODEx pool). ``tests/trainers/test_stream_trainer.py`` compares it with nnU-Net's own file.
-        """
-        return {
-            "network_weights": unwrap(self.network).state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-        }
-
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        if not self.was_initialized:
-            self.initialize()
-        if not isinstance(filename_or_checkpoint, str):
-            raise TypeError(f"{type(self).__name__}.load_checkpoint expects a checkpoint file path (nnU-Net 2.8 "
-                            f"cannot load from a dict), got {type(filename_or_checkpoint).__name__}")
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+    def load_extra_checkpoint_state(self, checkpoint: dict[str, Any]) -> None:
+        super().load_extra_checkpoint_state(checkpoint)
         if STREAM_CHECKPOINT_KEY not in checkpoint:
-            raise ValueError(f"{filename_or_checkpoint} has no '{STREAM_CHECKPOINT_KEY}' entry: it was not written by "
-                             f"a stream trainer; start a new run without --c")
+            raise ValueError(f"the checkpoint has no '{STREAM_CHECKPOINT_KEY}' entry: it was not written by a stream "
+                             f"trainer; start a new run without --c")
         self.load_stream_state_dict(checkpoint[STREAM_CHECKPOINT_KEY])
-        self.before_weights_loaded(checkpoint)
-        super().load_checkpoint(filename_or_checkpoint)
-
-    def before_weights_loaded(self, checkpoint: dict) -> None:
-        """Hook: adapt the network/optimizer to a checkpoint before nnU-Net loads it (e.g. grow a pool)."""
 
     # ---------------------------------------------------------------- internals
     def _use_stage_data(self, stage: int) -> None:
@@ -255,10 +234,8 @@ class StreamTrainerMixin:
         self.save_checkpoint(latest)
         self.current_epoch += 1
         if self.local_rank == 0 and not self.disable_checkpointing:
-            stage_copy = Path(self.output_folder) / f"checkpoint_stage_{stage}.pth"
-            tmp = stage_copy.with_name(f".{stage_copy.name}.tmp")
-            shutil.copyfile(latest, tmp)
-            os.replace(tmp, stage_copy)
+            with atomic_path(Path(self.output_folder) / f"checkpoint_stage_{stage}.pth") as tmp:
+                shutil.copyfile(latest, tmp)
         self.print_to_log_file(f"Stage {stage} done; saved {latest} and checkpoint_stage_{stage}.pth")
 
 
@@ -270,10 +247,9 @@ class nnUNetTrainerSequential_50epochs(nnUNetTrainerSequential):
     epochs_per_stage = 50
 
 
-class nnUNetTrainerSequential_smoke(StreamTrainerMixin, CPUBudgetMixin, nnUNetTrainer):
-    """2 epochs x 15 iterations per stage (tests)."""
+class nnUNetTrainerSequential_smoke(StreamTrainerMixin, BudgetMixin, nnUNetTrainer):
+    """The ``smoke`` budget with 2 epochs x 15 iterations per stage, seed 0 (tests)."""
 
-    epochs_per_stage = 2
-    budget_iterations = 15
-    budget_val_iterations = 2
-    seed = 0  # tests: one known run (CPUBudgetMixin)
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"epochs_per_stage": 2}

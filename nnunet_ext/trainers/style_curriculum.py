@@ -35,8 +35,6 @@ Trainers (settings in the class name; n 3, eps 0.25, 4 x 4 LGS, Fourier amplitud
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -57,14 +55,30 @@ from nnunet_ext.core.style_curriculum import (
     style_fusion,
 )
 from nnunet_ext.networks.style_curriculum import RotationTTANetwork
-from nnunet_ext.trainers.budget import CPUBudgetMixin, FixedEpochsMixin
-from nnunet_ext.trainers.steps import amp_context, backward_and_step
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.trainers.budget import BudgetMixin, FixedEpochsMixin
+from nnunet_ext.trainers.toolkit import (
+    EpochLog,
+    NNExtTrainerMixin,
+    amp_context,
+    backward_and_step,
+    batch_to_device,
+    unwrap,
+)
+
+__all__ = ["CURRICULUM_LOG_FILENAME", "StyleCurriculumMixin", "nnUNetTrainerStyleCurriculum",
+           "nnUNetTrainerStyleCurriculum_eps0p1", "nnUNetTrainerStyleCurriculum_eps0p5",
+           "nnUNetTrainerStyleCurriculum_finetune", "nnUNetTrainerStyleCurriculum_finetune_random",
+           "nnUNetTrainerStyleCurriculum_finetune_rotTTA", "nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke",
+           "nnUNetTrainerStyleCurriculum_finetune_scl", "nnUNetTrainerStyleCurriculum_histogram",
+           "nnUNetTrainerStyleCurriculum_intensity", "nnUNetTrainerStyleCurriculum_n1", "nnUNetTrainerStyleCurriculum_n5",
+           "nnUNetTrainerStyleCurriculum_pool2", "nnUNetTrainerStyleCurriculum_pool8",
+           "nnUNetTrainerStyleCurriculum_random", "nnUNetTrainerStyleCurriculum_rotTTA",
+           "nnUNetTrainerStyleCurriculum_scl", "nnUNetTrainerStyleCurriculum_smoke"]
 
 CURRICULUM_LOG_FILENAME = "style_curriculum.json"
 
 
-class StyleCurriculumMixin:
+class StyleCurriculumMixin(NNExtTrainerMixin):
     """Algorithm 1 (LSCL) in nnU-Net's ``train_step``; rotation TTA in the network.
 
     Attributes:
@@ -78,8 +92,8 @@ class StyleCurriculumMixin:
         curriculum_style_kwargs: its keyword arguments.
         curriculum_log_batches: batches per epoch whose per-step losses are kept in the JSON log.
         finetune_lr: if set, replaces nnU-Net's ``initial_lr`` (poly schedule kept).
-        rotation_tta: in-plane 0/90/180/270-degree TTA at inference (network attribute, see
-            :mod:`nnunet_ext.networks.style_curriculum`).
+        rotation_tta: in-plane 0/90/180/270-degree TTA at inference (the default of the network's saved
+            switch, see :mod:`nnunet_ext.networks.style_curriculum`).
     """
 
     curriculum_n: int = 3
@@ -145,23 +159,17 @@ class StyleCurriculumMixin:
                 f"segmentation as extra channels. Use a 2d or 3d_fullres configuration")
         super().initialize()
         self.style_source = self.curriculum_style_source(**self.curriculum_style_kwargs)
-
-    def _tta_network(self) -> RotationTTANetwork:
-        network = getattr(self.network, "module", self.network)
-        return getattr(network, "_orig_mod", network)
+        # until training starts, nnU-Net's -pretrained_weights may load a stock checkpoint (no TTA switch in it)
+        unwrap(self.network).hide_method_state = True
 
     def on_train_start(self):
         super().on_train_start()
+        unwrap(self.network).hide_method_state = False  # checkpoints from now on carry the TTA switch
         # the per-epoch pseudo-Dice measures the plain network (4x cheaper); final validation uses the TTA
-        self._tta_network().rotation_tta = False
+        unwrap(self.network).enabled = False
         self.print_to_log_file(f"Style curriculum (LSCL): {self.curriculum_settings()}")
-        self._curriculum_log = {"settings": self.curriculum_settings(), "epochs": []}
-        path = os.path.join(self.output_folder, CURRICULUM_LOG_FILENAME)
-        if os.path.isfile(path):  # resumed run (--c): keep what the checkpoint covers
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            self._curriculum_log["epochs"] = [e for e in previous.get("epochs", [])
-                                              if e["epoch"] < self.current_epoch]
+        self._curriculum_log = EpochLog.for_trainer(self, CURRICULUM_LOG_FILENAME,
+                                                    {"settings": self.curriculum_settings()}, layout="records")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -186,10 +194,7 @@ class StyleCurriculumMixin:
     def train_step(self, batch: dict) -> dict:
         if self.current_epoch < self.curriculum_start_epoch:
             return super().train_step(batch)
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
+        data, target = batch_to_device(batch, self.device)
         with torch.no_grad():
             stylised = self.style_source(data, self._style_images(data)).detach()
         if self.curriculum_random_only:
@@ -215,20 +220,17 @@ class StyleCurriculumMixin:
         return {"loss": np.array(float(np.mean(losses)))}
 
     def on_train_end(self):
-        self._tta_network().rotation_tta = self.rotation_tta
+        unwrap(self.network).enabled = True
         super().on_train_end()
 
     def on_epoch_end(self):
         if self._epoch_losses:
             losses = np.array(self._epoch_losses)
-            entry = {"epoch": self.current_epoch, "batches": len(losses),
-                     "mean_loss_per_step": losses.mean(0).tolist(),
-                     "mean_gamma_per_step": np.array(self._epoch_gammas).mean(0).tolist(),
-                     "fraction_rising": float((losses[:, -1] > losses[:, 0]).mean()) if losses.shape[1] > 1 else None,
-                     "per_batch_losses": losses[: self.curriculum_log_batches].tolist()}
-            self._curriculum_log["epochs"].append(entry)
-            if self.local_rank == 0:
-                write_json_atomic(os.path.join(self.output_folder, CURRICULUM_LOG_FILENAME), self._curriculum_log)
+            self._curriculum_log.append(self.current_epoch, {
+                "batches": len(losses), "mean_loss_per_step": losses.mean(0).tolist(),
+                "mean_gamma_per_step": np.array(self._epoch_gammas).mean(0).tolist(),
+                "fraction_rising": float((losses[:, -1] > losses[:, 0]).mean()) if losses.shape[1] > 1 else None,
+                "per_batch_losses": losses[: self.curriculum_log_batches].tolist()})
         super().on_epoch_end()
 
 
@@ -316,26 +318,26 @@ class nnUNetTrainerStyleCurriculum_intensity(nnUNetTrainerStyleCurriculum):
     curriculum_style_kwargs: ClassVar[dict[str, Any]] = {}
 
 
-class nnUNetTrainerStyleCurriculum_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurriculum):
-    """2 epochs x 4 iterations, the curriculum from epoch 1 (tests)."""
+class nnUNetTrainerStyleCurriculum_smoke(BudgetMixin, nnUNetTrainerStyleCurriculum):
+    """2 epochs x 4 iterations (shorter than the ``smoke`` budget), seed 0, the curriculum from epoch 1 (tests)."""
 
-    epochs = 2
-    budget_iterations = 4
-    budget_val_iterations = 1
-    seed = 0  # tests: one known run (CPUBudgetMixin)
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"num_epochs": 2, "num_iterations_per_epoch": 4,
+                                                  "num_val_iterations_per_epoch": 1}
     curriculum_warmup_fraction = 0.5
 
 
-class nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke(CPUBudgetMixin, nnUNetTrainerStyleCurriculum_finetune_rotTTA):
-    """Fine-tuning with rotation TTA, 3 epochs x 10 iterations at nnU-Net's lr 1e-2 (end-to-end tests).
+class nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke(BudgetMixin, nnUNetTrainerStyleCurriculum_finetune_rotTTA):
+    """Fine-tuning with rotation TTA, 3 epochs x 10 iterations at nnU-Net's lr 1e-2, seed 0 (end-to-end tests).
 
     Started with the stock ``-pretrained_weights``, the segmentation heads start anew (nnU-Net skips them).
     At the paper's lr 1e-3, 30 batches relearnt them in 3 of 4 runs (test Dice 0.69-0.71, once 0.38); at
     1e-2 they did in 9 of 9 (0.66-0.79), so the tests use 1e-2.
     """
 
-    epochs = 3
-    budget_iterations = 10
-    budget_val_iterations = 1
-    seed = 0  # tests: one known run (CPUBudgetMixin)
+    budget = "smoke"
+    seed = 0
+    budget_overrides: ClassVar[dict[str, Any]] = {"num_epochs": 3, "num_iterations_per_epoch": 10,
+                                                  "num_val_iterations_per_epoch": 1}
     finetune_lr = 1e-2

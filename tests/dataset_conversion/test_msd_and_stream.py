@@ -12,10 +12,8 @@ import pytest
 
 from nnunet_ext.cli.main import main
 from nnunet_ext.dataset_conversion.common import ConversionError
-from nnunet_ext.dataset_conversion.hippocampus_stream import (
-    build_hippocampus_stream,
-    stage_weights,
-)
+from nnunet_ext.dataset_conversion.hippocampus_stream import build_hippocampus_stream
+from nnunet_ext.dataset_conversion.splits import stage_weights
 from nnunet_ext.dataset_conversion.msd import convert_msd
 from nnunet_ext.domains import load_domains
 from tests.dataset_conversion.layouts import (

@@ -1,5 +1,5 @@
 """ODEx with the stock commands: nnUNetv2_train over a 2-stage stream, then nnUNetv2_predict routes each patch
-through the saved pool. Tiny real MRI, CPU, numeric bounds."""
+through the saved pool and ``nnext odex explain`` lists the routing. Tiny real MRI, CPU, numeric bounds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-from nnunet_ext.networks.odex import SELECTION_LOG_ENV
 from nnunet_ext.utils import nnunet_commands as cmd
 from tests.trainers.stream_workspace import stream_workspace
 
@@ -40,10 +39,14 @@ def test_stock_train_and_predict_with_a_pool(tiny_workspace, tmp_path):
     for case in CASES:
         shutil.copy(ws.dataset_dir / "imagesTs" / f"{case}_0000.nii.gz", images)
     pred, log = tmp_path / "pred", tmp_path / "selection.jsonl"
-    cmd.run_command(cmd.predict_argv(images, pred, ws.dataset_id, "2d", 0, TRAINER),
-                    dict(env, **{SELECTION_LOG_ENV: str(log)}), tmp_path / "predict.log")
+    cmd.run_command(cmd.predict_argv(images, pred, ws.dataset_id, "2d", 0, TRAINER), env, tmp_path / "predict.log")
+    explain = subprocess.run([sys.executable, "-m", "nnunet_ext", "odex", "explain", str(fold.parent), "-i",
+                              str(images), "-o", str(log), "-f", "0", "--device", "cpu"],
+                             capture_output=True, text=True, env=env)
+    assert explain.returncode == 0, explain.stdout + explain.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert records and all(len(r["score"][0]) == 2 and r["expert"][0] in (0, 1) for r in records)
+    assert [r["case"] for r in records] == sorted(CASES)
+    assert all(r["patches"] > 0 and len(r["score"][0]) == 2 and set(r["expert"]) <= {0, 1} for r in records)
 
     proc = subprocess.run([sys.executable, "-m", "nnunet_ext", "evaluate", str(pred), "--ref",
                            str(ws.dataset_dir / "labelsTs"), "--cases", *CASES, "-o", str(tmp_path / "eval")],

@@ -396,3 +396,89 @@ def test_main_entry_point(dataset: dict[str, Path], capsys: pytest.CaptureFixtur
     code = cli_main.main(["evaluate", str(dataset["pred"]), "--ref", str(dataset["ref"]), "-o", str(dataset["out"])])
     assert code == 2 and "'a2'" in capsys.readouterr().err
     assert not dataset["out"].exists()
+
+
+def _save_geometry(array: np.ndarray, path: Path, origin: tuple[float, ...] = (0.0, 0.0, 0.0),
+                   direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(SPACING_ZYX)))
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+
+
+MIRRORED_X = (-1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda ds: _save_geometry(prediction("a1"), ds["pred"] / "a1.nii.gz", origin=(100.0, 0.0, 0.0)),
+     ["origin differs from the reference", "'a1'", "origin (100, 0, 0) mm", "(0, 0, 0) mm (x, y, z)"]),
+    (lambda ds: _save_geometry(prediction("b1"), ds["pred"] / "b1.nii.gz", direction=MIRRORED_X),
+     ["direction (axis orientation) differs", "mirrored", "'b1'", "direction (-1, 0, 0, 0, 1, 0, 0, 0, 1)"]),
+    # just above the origin tolerance: 0.02 of a voxel along x (0.6 mm spacing)
+    (lambda ds: _save_geometry(prediction("a2"), ds["pred"] / "a2.nii.gz", origin=(0.012, 0.0, 0.0)),
+     ["origin differs", "'a2'"]),
+])
+def test_prediction_elsewhere_in_space_is_refused(dataset: dict[str, Path], mutate, expected: list[str]) -> None:
+    """The voxels are the reference's (Dice 1.0 voxel by voxel) but the header puts them elsewhere."""
+    mutate(dataset)
+    with pytest.raises(ValueError) as info:
+        evaluate(dataset)
+    for text in expected + ["1 problem(s)", "Fix: predict from the image of the same case"]:
+        assert text in str(info.value)
+
+
+def test_float_noise_in_origin_and_direction_is_accepted(dataset: dict[str, Path]) -> None:
+    origin = (-90.5, 120.25, -60.0)
+    angle = 1e-5  # rad about z: direction cosines differ by 1e-5 (< 1e-4)
+    rotated = (math.cos(angle), -math.sin(angle), 0, math.sin(angle), math.cos(angle), 0, 0, 0, 1)
+    _save_geometry(reference("a1"), dataset["ref"] / "a1.nii.gz", origin=origin)
+    noisy = (origin[0] + 1e-4, origin[1] - 2e-4, origin[2] + 0.005 * SPACING_ZYX[0])  # z: half the tolerance
+    _save_geometry(prediction("a1"), dataset["pred"] / "a1.nii.gz", origin=noisy, direction=rotated)
+    assert evaluate(dataset)["cases"]["a1"]["labels"]["1"]["dice"] == 1.0
+
+
+def _refuse_to_compute(*args, **kwargs):
+    raise AssertionError("evaluate_folder was called although -o is unusable")
+
+
+@pytest.mark.parametrize(("below", "expected"), [
+    ("", "is an existing file, not a folder"),              # -o FILE
+    ("sub", "is a file, so no folder can be created below it"),  # -o FILE/sub
+])
+def test_unusable_output_is_refused_before_any_case_is_read(dataset: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                           below: str, expected: str) -> None:
+    out = dataset["out"]
+    out.write_text("old")
+    target = out / below if below else out
+    monkeypatch.setattr(per_domain, "evaluate_folder", _refuse_to_compute)
+    args = _parse(["evaluate", str(dataset["pred"]), "--ref", str(dataset["ref"]), "-o", str(target)])
+    with pytest.raises(ValueError, match=f"-o {target}.*{expected}"):
+        args.func(args)
+    assert out.read_text() == "old"
+
+
+def test_output_below_a_file_exits_2_without_traceback(dataset: dict[str, Path],
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from nnunet_ext.cli import main as cli_main
+
+    dataset["out"].write_text("old")
+    code = cli_main.main(["evaluate", str(dataset["pred"]), "--ref", str(dataset["ref"]), "-o",
+                          str(dataset["out"] / "sub")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, so no folder can be created below it" in err and "Traceback" not in err
+
+
+def test_unwritable_output_is_refused(dataset: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnunet_ext.utils import outputs
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(per_domain, "evaluate_folder", _refuse_to_compute)
+    args = _parse(["evaluate", str(dataset["pred"]), "--ref", str(dataset["ref"]), "-o", str(dataset["out"])])
+    with pytest.raises(ValueError, match=r"cannot create anything in .* \(Permission denied\); pass a folder you can "
+                                         "write to"):
+        args.func(args)
+    assert not dataset["out"].exists()

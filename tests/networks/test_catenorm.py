@@ -122,10 +122,10 @@ def test_hidden_state_lets_a_plain_checkpoint_load_and_keeps_the_branch():
     arch = _arch(RESENC, 2)
     net, plain = _build(arch), _plain(arch)
     branch_before = {k: v.clone() for k, v in net.state_dict().items() if is_catenorm_key(k)}
-    net.hide_catenorm_state = True
+    net.hide_method_state = True
     assert not any(is_catenorm_key(k) for k in net.state_dict())
     net.load_state_dict(plain.state_dict())  # strict, as nnU-Net's load_pretrained_weights calls it
-    net.hide_catenorm_state = False
+    net.hide_method_state = False
     after = net.state_dict()
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(after[k], v)
@@ -239,6 +239,47 @@ def test_nnext_catenorm_align_on_tiny_volumes(tmp_path):
 
 def test_deepcopy_and_state_flag_are_not_saved():
     net = _build(_arch(PLAIN, 2))
-    assert "hide_catenorm_state" not in net.state_dict()
+    assert "hide_method_state" not in net.state_dict()
     clone = copy.deepcopy(net)
     assert clone.state_dict().keys() == net.state_dict().keys()
+
+
+def test_a_state_dict_for_other_stages_is_refused_by_name():
+    arch = _arch(PLAIN, 2, n_stages=5)
+    trained = _build(arch, catenorm_stages=[0])
+    with pytest.raises(ValueError, match=r"encoder stages \[0\] but this network was built with catenorm_stages "
+                                         r"\[0, 1, 2, 3\]"):
+        _build(arch).load_state_dict(trained.state_dict())
+    _build(arch, catenorm_stages=[0]).load_state_dict(trained.state_dict())  # the same stages load
+
+
+def test_the_mask_mode_is_saved_and_old_checkpoints_keep_the_build_default():
+    arch = _arch(PLAIN, 2)
+    trained = _build(arch, mask_mode="nearest")
+    rebuilt = _build(arch)  # built with the default "area"
+    rebuilt.load_state_dict(trained.state_dict())
+    assert rebuilt.mask_mode == "nearest" and {m.mask_mode for m in rebuilt.catenorm_layers()} == {"nearest"}
+    old = {k: v for k, v in trained.state_dict().items() if k != "catenorm_mask_mode"}
+    fresh = _build(arch, mask_mode="nearest")
+    fresh.load_state_dict(old)  # strict: written before the mask mode was saved
+    assert fresh.mask_mode == "nearest"
+    with pytest.raises(ValueError, match="mask_mode"):
+        fresh.mask_mode = "bilinear"
+
+
+@pytest.mark.parametrize("name,dims", [(PLAIN, 2), (RESENC, 3)])
+def test_a_blank_patch_gets_the_plain_pass_in_two_pass_inference(name, dims):
+    torch.manual_seed(0)
+    net = _build(_arch(name, dims)).eval()
+    net.activate_catenorm()
+    with torch.no_grad():
+        for layer in net.catenorm_layers():
+            layer.cond_gamma.weight.normal_(0, 0.3)
+            layer.cond_beta.weight.normal_(0, 0.3)
+        shape = (1,) + (16,) * dims
+        batch = torch.stack([torch.zeros(shape), torch.randn(shape), torch.full(shape, 1.5)])
+        out = net(batch)
+        plain = net(batch, branch="plain")
+        torch.testing.assert_close(out[0::2], plain[0::2])  # blank: the plain pass, exactly
+        torch.testing.assert_close(out[1:2], net(batch[1:2], branch="catenorm"))  # content: the two passes
+        assert not torch.allclose(net(batch[2:], branch="catenorm"), plain[2:])  # the branch would change it

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnunet_ext.core.fourier import amplitude_spectrum, fourier_amplitude_swap
 from nnunet_ext.networks.fourier_mst import FourierMSTNetwork, StyleBank, sample_donor_patches
 
 
@@ -174,3 +175,54 @@ def test_sample_donor_patches_3d():
     donors = sample_donor_patches(volumes, (8, 16, 16), max_donors=5)
     assert donors.shape == (5, 1, 8, 16, 16)
     torch.testing.assert_close(donors[0], torch.from_numpy(volumes[0][:, :8]))  # first crop of case 0
+
+
+def test_keys_are_the_plain_networks_then_the_bank_and_the_plain_part_loads_into_a_stock_net():
+    model = _model(beta=0.05)
+    stock = TinyNet()
+    keys = list(model.state_dict())
+    assert keys[:len(stock.state_dict())] == list(stock.state_dict())
+    assert all(k.startswith("bank.") for k in keys[len(stock.state_dict()):])
+    stock.load_state_dict(model.plans_state_dict())  # strict
+    x = torch.randn(1, 1, 48, 48)
+    torch.testing.assert_close(stock(x), model.net(x))
+
+
+def test_a_checkpoint_saved_with_the_old_net_prefix_still_loads():
+    model = _model(beta=0.07, n_mst=2)
+    old = {(k if k.startswith("bank.") else f"net.{k}"): v for k, v in model.state_dict().items()}
+    assert "net.encoder.weight" in old  # the layout FourierMSTNetwork wrote before the wrapper base
+    fresh = _model(n_donors=0)
+    fresh.load_state_dict(old)  # strict
+    assert len(fresh.bank) == 6 and fresh.bank.settings() == model.bank.settings()
+    x = torch.randn(1, 1, 48, 48)
+    torch.testing.assert_close(fresh(x), model(x))
+    assert "net.encoder.weight" in old and "encoder.weight" not in old  # the caller's mapping is unchanged
+
+
+@pytest.mark.parametrize("patch", [(48, 48), (8, 40, 40)])
+def test_a_blank_patch_is_not_restyled_and_gets_the_plain_prediction(patch):
+    model = _model(patch=patch, n_donors=4, beta=0.1, n_mst=3, mode="2d")
+    blank = [torch.zeros(1, *patch), torch.full((1, *patch), 2.5), -1.0 + 1e-9 * torch.randn(1, *patch)]
+    content = torch.randn(1, *patch)
+    batch = torch.stack([blank[0], content, blank[1], blank[2]])
+    with torch.no_grad():
+        out = model(batch)
+        plain = torch.log_softmax(model.net(batch), 1)
+        torch.testing.assert_close(out[[0, 2, 3]], plain[[0, 2, 3]])
+        torch.testing.assert_close(out[1:2], model.test_time_forward(content[None]))
+    # what the swap alone does to a blank patch: the donor's coarse structure appears (the bug this guards)
+    swapped = fourier_amplitude_swap(blank[1], amplitude_spectrum(model.bank.donors[:1].float(), 2), 0.1, 2)
+    assert swapped.std() > 0.05
+
+
+def test_near_constant_channels_are_kept_in_the_styled_copies():
+    torch.manual_seed(0)
+    bank = StyleBank(2, (32, 32), beta=0.1, n_mst=2)
+    bank.set_donors(torch.randn(3, 2, 32, 32) * 2 + 1)
+    x = torch.randn(1, 2, 32, 32)
+    x[:, 1] = 0.5  # one blank channel
+    styled, _ = bank.styled_copies(x)
+    assert styled.shape == (2, 2, 32, 32)
+    assert torch.equal(styled[:, 1], x[:, 1].expand(2, 32, 32))  # kept as it is
+    assert not torch.allclose(styled[:, 0], x[:, 0].expand(2, 32, 32))  # the other channel is restyled

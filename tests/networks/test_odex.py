@@ -17,7 +17,7 @@ from nnunet_ext.core.odex import (
     mahalanobis,
     norm_input_features,
 )
-from nnunet_ext.networks.odex import SELECTION_LOG_ENV, FeatureStem, ODExPool, feature_stem, first_norm_layer
+from nnunet_ext.networks.odex import FeatureStem, ODExPool, feature_stem, first_norm_layer
 
 
 def unet(dims: int, seed: int = 0, arch: type = PlainConvUNet) -> PlainConvUNet | ResidualEncoderUNet:
@@ -128,16 +128,14 @@ def test_deep_supervision_switch_reaches_every_expert():
     assert isinstance(out, (list, tuple))
 
 
-def test_selection_log_and_far_ood_warning(monkeypatch, tmp_path, caplog):
+def test_selection_log_and_far_ood_warning(caplog):
     pool, a, _ = two_domain_pool(2)
-    log = tmp_path / "selection.jsonl"
-    monkeypatch.setenv(SELECTION_LOG_ENV, str(log))
-    with torch.no_grad(), caplog.at_level(logging.WARNING):
+    with torch.no_grad(), caplog.at_level(logging.WARNING), pool.recording() as recorder:
         pool(a[:1])
         pool(torch.randn(1, 1, 8, 8) * 50 - 200)  # nothing like either domain
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert records[0]["expert"] == [0] and records[0]["far_ood"] == [False]
-    assert records[1]["far_ood"] == [True] and "far out-of-distribution" in caplog.text
+    records = json.loads(json.dumps(recorder.as_dict()))  # what `nnext odex explain` writes per case
+    assert records["expert"][0] == 0 and records["far_ood"][0] is False
+    assert records["far_ood"][1] is True and "far out-of-distribution" in caplog.text
 
 
 def test_far_ood_warning_once_per_input_not_per_patch(caplog):
@@ -281,3 +279,49 @@ def test_an_architecture_without_a_plain_stem_keeps_a_whole_reference():
     assert not isinstance(pool.reference[0], FeatureStem)
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(pool.features(x, 0), norm_input_features(first_norm_input(net, x)))
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, -250.0])
+def test_a_blank_patch_is_routed_deterministically_to_an_expert_that_predicts_it(value):
+    pool, a, _ = two_domain_pool(2)
+    blank = torch.full((1, 1, 8, 8), value)
+    with torch.no_grad():
+        first, scores = pool.select(blank)
+        assert torch.isfinite(scores).all()  # finite features even for a constant feature map
+        assert [pool.select(blank)[0] for _ in range(3)] == [first] * 3
+        out = pool(torch.cat([blank, a[:1]]))
+        torch.testing.assert_close(out[:1], pool.experts[first[0]](blank))  # the chosen expert's own output
+        torch.testing.assert_close(out[1:], pool(a[:1]))  # the other patch of the batch is unaffected
+
+
+def test_routing_without_a_recorder_does_no_io_and_a_recorder_is_detached_after_use(monkeypatch):
+    pool, a, b = two_domain_pool(2)
+    import builtins
+    import os
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the forward pass must not read the environment or open files")
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    monkeypatch.setattr(os.environ, "get", refuse)
+    monkeypatch.setattr(os, "getenv", refuse)
+    with torch.no_grad():
+        pool(a[:2])
+        assert pool.recorder is None
+        with pool.recording() as recorder:
+            pool(a[:2])
+            pool(b[:1])
+        assert pool.recorder is None
+        pool(b[:1])
+    monkeypatch.undo()
+    assert recorder.expert == [0, 0, 1] and len(recorder.score) == 3 and len(recorder.score[0]) == 2
+    assert recorder.as_dict()["counts"] == {"0": 2, "1": 1} and recorder.as_dict()["patches"] == 3
+
+
+def test_scores_of_experts_without_history_are_recorded_as_null():
+    pool, a, _ = two_domain_pool(2)
+    pool.add_expert(0)
+    pool.histories[2] = type(pool.histories[0])(pool.feature_dim)  # a new expert, no Gaussian yet
+    with torch.no_grad(), pool.recording() as recorder:
+        pool.eval()(a[:1])
+    assert recorder.score[0][2] is None and json.loads(json.dumps(recorder.as_dict()))["score"][0][2] is None

@@ -141,7 +141,7 @@ def test_pretrained_stock_checkpoint_warm_starts_everything_but_the_branch(tiny_
     trainer = _make(nnUNetTrainerCateNorm_warmup0, tiny_workspace, monkeypatch, tmp_path)
     maybe_load_checkpoint(trainer, False, False, str(ckpt))  # exactly what nnUNetv2_train -pretrained_weights does
     net = trainer.network
-    net.hide_catenorm_state = False
+    net.hide_method_state = False
     ours = net.state_dict()
     for k, v in stock.state_dict().items():
         if ".seg_layers." not in k:  # nnU-Net's rule: segmentation heads are not transferred

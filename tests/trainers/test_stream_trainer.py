@@ -14,6 +14,7 @@ from nnunet_ext.trainers.stream import (
     nnUNetTrainerSequential,
     nnUNetTrainerSequential_smoke,
 )
+from nnunet_ext.trainers.toolkit import RNG_CHECKPOINT_KEY
 from tests.conftest import make_trainer
 from tests.trainers.stream_workspace import TWO_STAGES, stream_workspace
 
@@ -67,7 +68,7 @@ def test_checkpoint_is_nnunets_plus_the_stream_state(tiny_workspace, monkeypatch
     trainer.save_checkpoint(str(tmp_path / "ours.pth"))
     nnUNetTrainer.save_checkpoint(trainer, str(tmp_path / "stock.pth"))
     ours, stock = (torch.load(tmp_path / f"{n}.pth", map_location="cpu", weights_only=False) for n in ("ours", "stock"))
-    assert set(ours) == set(stock) | {STREAM_CHECKPOINT_KEY}
+    assert set(ours) == set(stock) | {STREAM_CHECKPOINT_KEY, RNG_CHECKPOINT_KEY}
     assert ours[STREAM_CHECKPOINT_KEY] == trainer.stream_state_dict()
     for key in stock:
         if key == "network_weights":

@@ -34,7 +34,7 @@ def test_settings_and_stock_compatible_network(tiny_workspace, monkeypatch, tmp_
     trainer.initialize()
     assert isinstance(trainer.network, RotationTTANetwork) and trainer.network.rotation_tta
     trainer.set_deep_supervision_enabled(False)  # nnU-Net's toggle reaches the wrapped decoder
-    assert trainer.network.wrapped.decoder.deep_supervision is False
+    assert trainer.network.net.decoder.deep_supervision is False
 
     stock = make_trainer(nnUNetTrainer, tiny_workspace, monkeypatch, tmp_path / "stock")
     stock.initialize()
