@@ -86,3 +86,16 @@ def make_trainer(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3):
     trainer = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, 1
     return trainer
+
+
+def count_optimizer_steps(trainer) -> list[int]:
+    """Count ``trainer.optimizer.step`` calls from now on: the returned one-element list holds the count."""
+    calls = [0]
+    step = trainer.optimizer.step
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = counted
+    return calls

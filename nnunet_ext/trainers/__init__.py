@@ -14,13 +14,14 @@ from nnunet_ext.trainers import (
     catenorm,
     continual_baselines,
     fourier_mst,
+    gin,
     odex,
     stream,
     style_curriculum,
 )
 
 #: the modules whose ``__all__`` make up this package's namespace
-MODULES = (budget, avagrad, catenorm, fourier_mst, stream, continual_baselines, odex, style_curriculum)
+MODULES = (budget, avagrad, catenorm, fourier_mst, stream, continual_baselines, odex, style_curriculum, gin)
 
 
 def _exports(modules) -> dict[str, object]:

@@ -23,21 +23,9 @@ from nnunet_ext.trainers.style_curriculum import (
     nnUNetTrainerStyleCurriculum_histogram,
     nnUNetTrainerStyleCurriculum_smoke,
 )
-from tests.conftest import make_trainer
+from tests.conftest import count_optimizer_steps, make_trainer
 
 pytestmark = pytest.mark.e2e
-
-
-def _count_steps(trainer) -> list[int]:
-    calls = [0]
-    step = trainer.optimizer.step
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = counted
-    return calls
 
 
 def test_settings_and_stock_compatible_network(tiny_workspace, monkeypatch, tmp_path):
@@ -74,7 +62,7 @@ def test_warmup_then_n_plus_1_updates_per_batch_and_json_log(tiny_workspace, mon
                            epochs=2, iterations=2)
     trainer.initialize()
     assert trainer.curriculum_start_epoch == 1
-    calls = _count_steps(trainer)
+    calls = count_optimizer_steps(trainer)
     per_epoch = []
     original = trainer.on_epoch_end
 
@@ -109,7 +97,7 @@ def test_one_batch_of_each_variant(cls, updates, grows, tiny_workspace, monkeypa
     loader, _ = trainer.get_dataloaders()
     batch = next(loader)
     assert isinstance(batch["target"], list)  # deep supervision on
-    calls = _count_steps(trainer)
+    calls = count_optimizer_steps(trainer)
     trainer.network.train()
     out = trainer.train_step(batch)
     assert calls[0] == updates and torch.isfinite(torch.as_tensor(out["loss"]))
@@ -124,7 +112,7 @@ def test_grad_scaler_path(tiny_workspace, monkeypatch, tmp_path):
     trainer.initialize()
     trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
     loader, _ = trainer.get_dataloaders()
-    calls = _count_steps(trainer)
+    calls = count_optimizer_steps(trainer)
     trainer.network.train()
     trainer.train_step(next(loader))
     losses = trainer._epoch_losses[-1]
