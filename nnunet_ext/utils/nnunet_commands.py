@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,9 +28,26 @@ def nnunet_env(raw: Path, preprocessed: Path, results: Path, base: Mapping[str, 
     return env
 
 
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command cost.
+
+    Attributes:
+        seconds: wall time.
+        max_rss_mb: peak resident memory of the largest process of the command's process tree (the command and
+            the children it waited for, e.g. nnU-Net's data-augmentation workers), in MiB (Linux ``wait4``).
+    """
+
+    seconds: float
+    max_rss_mb: float | None
+
+
 def run_command(argv: list[str], env: Mapping[str, str], log_file: Path,
-                on_line: Callable[[str], None] | None = None, cwd: Path | None = None) -> None:
+                on_line: Callable[[str], None] | None = None, cwd: Path | None = None) -> CommandResult:
     """Run ``argv``; append its combined output to ``log_file``; call ``on_line`` for every line.
+
+    Returns:
+        Its wall time and peak memory.
 
     Raises:
         FileNotFoundError: the command is not on PATH (names the package that provides it).
@@ -41,6 +60,7 @@ def run_command(argv: list[str], env: Mapping[str, str], log_file: Path,
     with open(log_file, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
+        start = time.perf_counter()
         proc = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         assert proc.stdout is not None
@@ -50,10 +70,21 @@ def run_command(argv: list[str], env: Mapping[str, str], log_file: Path,
             tail = (tail + [line.rstrip()])[-25:]
             if on_line is not None:
                 on_line(line.rstrip())
-        code = proc.wait()
+        code, max_rss_mb = _wait(proc)
+        seconds = time.perf_counter() - start
     if code != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"{' '.join(argv)} failed with exit code {code}. Last lines:\n{last}\nFull log: {log_file}")
+    return CommandResult(seconds, max_rss_mb)
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float | None]:
+    """Exit code and peak resident memory (MiB) of ``proc``'s tree; ``wait4`` where the OS has it."""
+    if not hasattr(os, "wait4"):
+        return proc.wait(), None
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def plan_and_preprocess_argv(dataset_id: int, configurations: list[str], num_processes: int = 2) -> list[str]:
