@@ -117,7 +117,9 @@ def run_ddp_trainings(runs: Sequence[DDPRun], dataset: str, env: Mapping[str, st
         run key -> one :class:`RankResult` per rank, in rank order.
 
     Raises:
-        RuntimeError: a rank died without reporting (killed, or a crash below Python).
+        ValueError: two runs have the same key.
+        torch.multiprocessing.ProcessExitedException: a rank died (killed, or a crash below Python).
+        RuntimeError: a rank ended without its report.
     """
     from nnunetv2.run import run_training as rt
 
