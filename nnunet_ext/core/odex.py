@@ -214,11 +214,21 @@ class Calibration:
             self.total += float(distances.sum())
             self.count += distances.numel()
 
-    def all_reduce(self, reduce: ReduceFn) -> None:
-        sums = reduce(torch.tensor([self.total, self.count], dtype=torch.float64), "sum")
+    def all_reduce(self, reduce: ReduceFn, device: torch.device | str = "cpu") -> None:
+        """Combine over processes: ``total`` and ``count`` summed, ``minimum`` / ``maximum`` their min / max.
+
+        Args:
+            reduce: the reduction (:func:`distributed_reduce` under DDP).
+            device: where the tensors handed to ``reduce`` live: a device the process group's backend reduces
+                (NCCL, nnU-Net's multi-GPU backend, takes CUDA tensors only: pass the trainer's device).
+        """
+        def reduced(values: list[float], op: ReduceOp) -> torch.Tensor:
+            return reduce(torch.tensor(values, dtype=torch.float64, device=device), op).cpu()
+
+        sums = reduced([self.total, self.count], "sum")
         self.total, self.count = float(sums[0]), float(sums[1])
-        self.minimum = float(reduce(torch.tensor([self.minimum], dtype=torch.float64), "min")[0])
-        self.maximum = float(reduce(torch.tensor([self.maximum], dtype=torch.float64), "max")[0])
+        self.minimum = float(reduced([self.minimum], "min")[0])
+        self.maximum = float(reduced([self.maximum], "max")[0])
 
     @property
     def mean(self) -> float:

@@ -31,7 +31,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_ext.trainers.toolkit import NNExtTrainerMixin
-from nnunet_ext.utils.seeding import seed_everything
+from nnunet_ext.utils.seeding import rank_seed, seed_everything
 
 __all__ = ["BUDGETS", "Budget", "BudgetMixin", "FixedEpochsMixin", "budget_trainer_name", "epoch_settings_of",
            "get_budget", "nnUNetTrainerCPU_demo", "nnUNetTrainerCPU_smoke", "resolve_budget_trainer"]
@@ -132,7 +132,9 @@ class BudgetMixin(NNExtTrainerMixin):
         seed: if set, python/numpy/torch are seeded when the trainer is constructed (before nnU-Net builds the
             network and the data loaders). With nnU-Net's single-threaded augmenter (``nnUNet_n_proc_DA=0``) a
             CPU run then repeats exactly; the tests' ``*_smoke`` trainers use 0 so their numeric bounds are
-            checked against one known run, not a draw. ``None`` (default): nnU-Net's usual unseeded run.
+            checked against one known run, not a draw. ``None`` (default): nnU-Net's usual unseeded run. Under
+            DDP each rank seeds with :func:`~nnunet_ext.utils.seeding.rank_seed` (rank 0: ``seed``), so the ranks
+            draw different patches; the network starts from rank 0's weights on every rank (DDP broadcasts them).
         budget_overrides: instance attributes set after the scaling, for trainers whose values deviate from the
             budget (e.g. more iterations for ODEx's smoke run).
     """
@@ -151,7 +153,7 @@ class BudgetMixin(NNExtTrainerMixin):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.apply_budget()
         if self.seed is not None:
-            seed_everything(self.seed)
+            seed_everything(rank_seed(self.seed, self.local_rank))
 
     def apply_budget(self) -> None:
         """Scale the epoch settings, set the iterations, apply ``budget_overrides``, re-derive ``num_epochs``."""

@@ -10,8 +10,9 @@ on CUDA, gradient clipping at 12, deep supervision). The algorithms are in
   still active) the diagonal Fisher is averaged over ``ewc_fisher_batches`` training batches from
   gradients of the segmentation loss, unscaled by the AMP scale (batches that overflow are skipped), and
   consolidated with the weights at that moment as anchors. Every later training step adds
-  ``ewc_lambda / 2 * sum F (theta - theta*)^2``. Under DDP each rank accumulates its own batches through the
-  unwrapped network and the sums and counts are all-reduced.
+  ``ewc_lambda / 2 * sum F (theta - theta*)^2``. Under DDP each batch's gradient is averaged over the ranks
+  (nnU-Net's DDP wrapper, as in training) before it is squared, so the Fisher is that of the whole batch and
+  the same on every rank.
 * **LwF** (:class:`LwFMixin`): when a stage after the first starts, a frozen copy of the network becomes
   the teacher; every training step adds ``lwf_alpha * T^2 * KL(teacher || student)`` on the same batch,
   summed over deep-supervision outputs with nnU-Net's weights.
@@ -133,26 +134,26 @@ class EWCMixin(ContinualRegularizerMixin):
         """Squared unscaled gradients of the segmentation loss over ``ewc_fisher_batches`` training batches.
 
         The network is in eval mode (no BatchNorm statistics change) and its weights are not updated; the
-        gradients are cleared afterwards. Under DDP the unwrapped network is used and the sums and counts
-        are all-reduced over the ranks.
+        gradients are cleared afterwards. Under DDP the passes run through nnU-Net's
+        ``DistributedDataParallel`` wrapper, which averages each batch's gradients over the ranks as in a
+        training step: every rank squares the gradient of the whole batch (all ranks' shares), so the Fisher
+        equals the single-process one with the plans' batch size and is the same on every rank.
         """
         net = unwrap(self.network)
         was_training = net.training
-        net.eval()
+        self.network.eval()
         accumulator = FisherAccumulator(net.named_parameters())
         for _ in range(int(self.ewc_fisher_batches)):
             data, target = batch_to_device(next(self.dataloader_train), self.device)
             net.zero_grad(set_to_none=True)
             with amp_context(self.device):
-                loss = self.loss(net(data), target)
+                loss = self.loss(self.network(data), target)
             # fp16 gradients need the scale against underflow; the accumulator divides it out again
             scale = float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
             (loss.float() * scale).backward()
             accumulator.accumulate(net.named_parameters(), loss_scale=scale)
         net.zero_grad(set_to_none=True)
-        net.train(was_training)
-        if self.is_ddp:
-            accumulator.all_reduce()
+        self.network.train(was_training)
         return accumulator
 
     def on_stage_end(self, stage_index: int) -> None:

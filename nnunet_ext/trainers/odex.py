@@ -188,7 +188,7 @@ class ODExMixin(StreamTrainerMixin):
         mean, chol = stats.gaussian()
         calibration = Calibration()  # on fresh patches: in-sample distances are biased low when n ~ dim
         calibration.update(mahalanobis(self._stage_features(m), mean, chol))
-        calibration.all_reduce(distributed_reduce)
+        calibration.all_reduce(distributed_reduce, device=self.device)
         history = pool.histories[m]
         if not self.odex_use_history:
             history.clear()
@@ -206,7 +206,7 @@ class ODExMixin(StreamTrainerMixin):
         for i, e in enumerate(pool.experts):
             e.requires_grad_(i == expert)
         if self.is_ddp:  # DDP registers parameters at construction: wrap the changed pool again
-            self.network = DDP(pool, device_ids=[self.local_rank])
+            self.network = DDP(pool, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
 
     def _feature_batches(self):
         """``odex_feature_batches`` batches of the current stage's training cases, validation transforms only."""

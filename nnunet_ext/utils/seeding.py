@@ -21,6 +21,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed DDP rank ``rank`` of a run seeded with ``seed`` uses.
+
+    Rank 0 keeps ``seed`` (a single-process run is unchanged). Every other rank gets a number derived from
+    ``(seed, rank)`` with numpy's ``SeedSequence``. With one seed on every rank the ranks' generators would
+    start equal, and ranks that sample alike (nnU-Net gives several ranks the same foreground oversampling
+    once the batch is split over more than two) would draw the same patches and augmentations, training on
+    one rank's data several times over; with ``seed + rank``, rank 1 of seed 0 would repeat rank 0 of seed 1.
+
+    Example:
+        >>> rank_seed(3, 0), rank_seed(3, 1) == rank_seed(3, 1), rank_seed(3, 1) != rank_seed(4, 0)
+        (3, True, True)
+    """
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(rank,)).generate_state(1)[0])
+
+
 def get_rng_state() -> dict[str, Any]:
     """The state of python's, numpy's, torch's CPU and (once initialised) CUDA generators.
 
