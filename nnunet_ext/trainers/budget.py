@@ -80,7 +80,7 @@ class Budget:
 
 #: the named budgets
 BUDGETS: dict[str, Budget] = {b.name: b for b in (
-    Budget("tiny", 2, 4, 1, "the benchmark runner's own test: 2 epochs x 4 iterations, exercises the commands, "
+    Budget("micro", 2, 4, 1, "the benchmark runner's own test: 2 epochs x 4 iterations, exercises the commands, "
                             "learns little"),
     Budget("smoke", 4, 15, 2, "the tests' budget: 4 epochs x 15 iterations, enough to beat trivial predictions on "
                               "the tiny dataset"),

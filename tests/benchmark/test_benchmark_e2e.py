@@ -33,7 +33,7 @@ def benchmark_run(tmp_path_factory):
     dataset = demo_dataset("brain_scanners").build(DATASET_ID, raw, seed=0, profile="tiny")
     env = cmd.nnunet_env(raw, pre, res)
     out = root / "bench"
-    args = [str(DATASET_ID), "--budget", "tiny", "--seeds", "0", "--folds", FOLD, "-o", str(out), "--disable-tta"]
+    args = [str(DATASET_ID), "--budget", "micro", "--seeds", "0", "--folds", FOLD, "-o", str(out), "--disable-tta"]
     first = _nnext(args, env)
     return dataset, env, out, args, first
 
@@ -83,7 +83,7 @@ def test_print_commands_lists_the_stock_commands(benchmark_run):
                      env)
     assert printed.returncode == 0, printed.stderr[-2000:]
     lines = printed.stdout.splitlines()
-    assert any(line.startswith("nnUNet_n_proc_DA=0 nnUNetv2_train 989 2d 1 -tr nnUNetTrainerDA5_tinyBudget_seed0")
+    assert any(line.startswith("nnUNet_n_proc_DA=0 nnUNetv2_train 989 2d 1 -tr nnUNetTrainerDA5_microBudget_seed0")
                for line in lines)
     assert any(" fda attach " in line for line in lines)
     assert any(line.startswith("nnUNetv2_predict_from_modelfolder") for line in lines)

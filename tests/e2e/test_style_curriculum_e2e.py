@@ -35,7 +35,9 @@ def test_finetune_from_stock_checkpoint_and_predict_with_rotation_tta(smoke_mode
     fold = ws.model_dir(TRAINER) / "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     stock = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
-    assert ckpt["trainer_name"] == TRAINER and list(ckpt["network_weights"]) == list(stock)  # stock keys
+    # stock keys plus the saved TTA switch (test-time state is a buffer: nnunet_ext/networks/wrapper.py)
+    assert ckpt["trainer_name"] == TRAINER and list(ckpt["network_weights"]) == [*stock, "rotation_tta_enabled"]
+    assert bool(ckpt["network_weights"]["rotation_tta_enabled"])
 
     log = json.loads((fold / "style_curriculum.json").read_text())
     assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2] and log["settings"]["rotation_tta"] is True

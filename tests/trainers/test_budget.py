@@ -56,9 +56,10 @@ def test_a_seeded_smoke_run_repeats_exactly_and_an_unseeded_one_does_not(tiny_wo
 
 def test_the_named_budgets():
     assert {n: (b.epochs, b.iterations, b.val_iterations) for n, b in BUDGETS.items()} == {
-        "smoke": (4, 15, 2), "demo": (12, 25, 5), "cpu": (40, 50, 10), "paper": (1000, 250, 50)}
+        "micro": (2, 4, 1), "smoke": (4, 15, 2), "demo": (12, 25, 5), "cpu": (40, 50, 10),
+        "paper": (1000, 250, 50)}
     assert BUDGETS["paper"].factor == 1.0
-    with pytest.raises(ValueError, match="smoke, demo, cpu, paper"):
+    with pytest.raises(ValueError, match="micro, smoke, demo, cpu, paper"):
         get_budget("tiny")
     with pytest.raises(ValueError, match="lower-case"):
         Budget("CPU_2", 1, 1, 1, "bad name")
@@ -67,7 +68,7 @@ def test_the_named_budgets():
 
 
 def test_an_unknown_budget_fails_when_the_class_is_defined():
-    with pytest.raises(ValueError, match="unknown budget 'tiny'; known budgets: smoke, demo, cpu, paper"):
+    with pytest.raises(ValueError, match="unknown budget 'tiny'; known budgets: micro, smoke, demo, cpu, paper"):
         type("nnUNetTrainerTiny", (BudgetMixin, nnUNetTrainer), {"budget": "tiny"})
 
 
@@ -90,6 +91,12 @@ PINNED = {
     "nnUNetTrainerStyleCurriculum_finetune_rotTTA_smoke": (3, 10, 1, 0, {"initial_lr": 1e-2,
                                                                          "curriculum_start_epoch": 0}),
     "nnUNetTrainerFourierMST_smoke": (4, 15, 2, 0, {"fda_n_mst": 3}),
+    "nnUNetTrainerGIN_smoke": (8, 25, 2, 0, {}),
+    "nnUNetTrainerGINIPA_smoke": (8, 25, 2, 0, {"ipa_consistency_weight": 10.0}),
+    "nnUNetTrainerGINDA5_smoke": (2, 4, 1, 0, {}),
+    "nnUNetTrainerCateNormGIN_smoke": (2, 4, 1, 0, {"warmup_epochs": 1}),
+    "nnUNetTrainerStyleCurriculumDA5_smoke": (2, 4, 1, 0, {"curriculum_warmup_fraction": 0.5,
+                                                           "curriculum_start_epoch": 1}),
 }
 
 
