@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from nnunet_ext.cli.main import UserError
+from nnunet_ext.utils.checkpoint_io import refuse_unsafe_checkpoints
 from nnunet_ext.utils.nnunet_paths import Fold, fold_folder, parse_fold
 
 #: name of the checkpoint of the model after stage K that stream trainers write in the fold folder
@@ -169,6 +170,7 @@ def _stage_checkpoints(model: Path, fold: Fold, pattern: str, num_stages: int) -
         found = sorted(p.name for p in fold_dir.glob("checkpoint*.pth")) if fold_dir.is_dir() else []
         raise UserError(f"{fold_dir}: missing {missing} (the stream has {num_stages} stages; found {found}). Train "
                         f"the stream to its end with a stream trainer, or pass --checkpoint-pattern")
+    refuse_unsafe_checkpoints(fold_dir / n for n in names)  # nnU-Net's predictor unpickles with weights_only=False
     return names
 
 

@@ -32,7 +32,7 @@ import torch
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.core.metrics import mean_dice, nanmean
 from nnunet_ext.utils.atomic import atomic_directory, write_json_atomic
-from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
+from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely, refuse_unsafe_checkpoints
 from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, parse_fold, trained_folds
 from nnunet_ext.utils.plotting import default_style
 
@@ -289,6 +289,7 @@ def select_beta(model: Path, targets: list[tuple[str, Path, Path]], betas: list[
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 device=torch.device(device), perform_everything_on_device=False,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    refuse_unsafe_checkpoints(checkpoints.values())  # nnU-Net's predictor unpickles with weights_only=False
     predictor.initialize_from_trained_model_folder(str(model), [parse_fold(f) for f in checkpoints], checkpoint)
     if not hasattr(predictor.network, "bank"):
         raise UserError(f"{model} has no style bank; run `nnext fda attach {model} -o NEW_MODEL_FOLDER` first")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.utils.atomic import write_text_atomic
+from nnunet_ext.utils.checkpoint_io import refuse_unsafe_checkpoints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,6 +107,7 @@ def explain(model: Path, images: Path, output: Path, fold: str = "0", checkpoint
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
                                 allow_tqdm=False)
+    refuse_unsafe_checkpoints([fold_folder / checkpoint])  # nnU-Net's predictor loads with weights_only=False
     predictor.initialize_from_trained_model_folder(str(model), (fold if fold == "all" else int(fold),), checkpoint)
     pool = next((m for m in predictor.network.modules() if isinstance(m, ODExPool)), None)
     if pool is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,20 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: Any = None) ->
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected the dict nnU-Net writes; "
                          f"point at a checkpoint_*.pth file of an nnU-Net model folder")
     return checkpoint
+
+
+def refuse_unsafe_checkpoints(paths: Iterable[str | os.PathLike]) -> None:
+    """Load every checkpoint as :func:`load_checkpoint_safely` does, only to refuse the ones it refuses.
+
+    Call it before a model folder goes to nnU-Net's ``nnUNetPredictor.initialize_from_trained_model_folder``,
+    which unpickles checkpoints with ``weights_only=False``: a checkpoint carrying code is then refused here,
+    before nnU-Net would run it. Costs one extra load per file.
+
+    Raises:
+        ValueError: a file is missing, damaged or carries more than weights and plain values (named).
+    """
+    for path in paths:
+        load_checkpoint_safely(path, map_location="cpu")
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
