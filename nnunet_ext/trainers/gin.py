@@ -17,7 +17,8 @@ the rest of the trainer builds). The algorithms are in :mod:`nnunet_ext.core.gin
   ``_build_loss``; it adds the term only inside ``train_step``, so validation measures the plain loss.
   The forward pass, AMP autocast, GradScaler and clipping are the ones of the ``train_step`` it delegates to.
 
-Per-epoch values go to ``<fold folder>/gin.json``: the settings, and per epoch the batches seen, the mean
+The augmentation's own generator is saved in every checkpoint (``nnext_gin_generator``), so a run resumed with
+``--c`` draws what the uninterrupted run would have drawn. Per-epoch values go to ``<fold folder>/gin.json``: the settings, and per epoch the batches seen, the mean
 ``alpha`` and, for GIN-IPA, the mean blending map value, the mean segmentation and consistency losses (the
 loss nnU-Net logs as ``train_losses`` is their weighted sum).
 
@@ -53,8 +54,10 @@ from nnunet_ext.trainers.budget import BudgetMixin
 from nnunet_ext.trainers.catenorm import nnUNetTrainerCateNorm
 from nnunet_ext.trainers.style_curriculum import StyleCurriculumMixin
 from nnunet_ext.trainers.toolkit import EpochLog, NNExtTrainerMixin, batch_to_device
+from nnunet_ext.utils.seeding import rank_seed
 
 __all__ = [
+    "GIN_GENERATOR_KEY",
     "GIN_LOG_FILENAME",
     "GINIPAMixin",
     "GINMixin",
@@ -73,6 +76,8 @@ __all__ = [
 ]
 
 GIN_LOG_FILENAME = "gin.json"
+#: checkpoint key of the augmentation generator's state
+GIN_GENERATOR_KEY = "nnext_gin_generator"
 
 Target = torch.Tensor | list[torch.Tensor]
 _DEFAULTS = GINConfig()  # the trainers' defaults are the core's (authors' settings, our normalization)
@@ -134,7 +139,8 @@ class _GINAugmentation(NNExtTrainerMixin):
         gin_normalization: ``"standardize"`` (default: per sample and channel back to the input's mean and std,
             so nnU-Net's z-scored inputs stay z-scored) or ``"frobenius"`` (the paper's norm matching only).
         gin_seed: seed of the augmentation's own ``torch.Generator``; None: drawn from torch's global generator
-            once the network is built (so ``BudgetMixin.seed`` makes runs repeat). DDP ranks add their rank.
+            once the network is built (so ``BudgetMixin.seed`` makes runs repeat). DDP ranks use
+            :func:`~nnunet_ext.utils.seeding.rank_seed`. Its state is saved in the checkpoint (``--c`` continues it).
     """
 
     gin_n_layers: int = _DEFAULTS.n_layers
@@ -165,8 +171,19 @@ class _GINAugmentation(NNExtTrainerMixin):
         self._gin = self.gin_config()
         super().initialize()
         seed = self.gin_seed if self.gin_seed is not None else int(torch.randint(2 ** 62, (1,)).item())
-        self._gin_generator = torch.Generator().manual_seed(seed + self.local_rank)
+        self._gin_generator = torch.Generator().manual_seed(rank_seed(seed, self.local_rank))
         self._gin_epoch: dict[str, list[float]] = {}
+
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """The augmentation generator's state, so ``--c`` continues its random sequence (rank 0's, saved once)."""
+        return {**super().extra_checkpoint_state(), GIN_GENERATOR_KEY: self._gin_generator.get_state()}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict[str, Any]) -> None:
+        super().load_extra_checkpoint_state(checkpoint)
+        # under DDP every rank keeps its own fresh generator (as the toolkit does for the global generators);
+        # checkpoints written before the state was saved resume with a fresh one
+        if GIN_GENERATOR_KEY in checkpoint and not self.is_ddp:
+            self._gin_generator.set_state(checkpoint[GIN_GENERATOR_KEY].cpu())
 
     def on_train_start(self):
         super().on_train_start()
