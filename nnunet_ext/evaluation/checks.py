@@ -61,8 +61,10 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
         "this dataset (--domains)",
     ),
     "unreadable": (
-        "files SimpleITK cannot read",
-        "replace them with valid images in the dataset's file format ({file_ending})",
+        "files nnext cannot read (truncated, corrupt or not an image)",
+        "write or copy them again (a prediction: re-run nnUNetv2_predict for that case; a reference: copy it "
+        "again from the source and compare its size) as valid images in the dataset's file format "
+        "({file_ending})",
     ),
     "not_scalar": ("images with more than one channel", "save label maps as single-channel integer images"),
     "shape": ("predictions whose shape differs from the reference", _SAME_GRID_FIX),

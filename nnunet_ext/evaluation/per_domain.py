@@ -70,6 +70,7 @@ from nnunet_ext.evaluation.checks import (
 )
 from nnunet_ext.evaluation.metrics import METRIC_NAMES, LabelMetrics, case_metrics
 from nnunet_ext.evaluation.report import RESULT_FORMAT_VERSION, compare_report, markdown_table, write_report
+from nnunet_ext.utils.image_io import ImageReadError, read_image
 
 __all__ = ["EMPTY_STRUCTURE_POLICY", "METRIC_DEFINITIONS", "RESULT_FORMAT_VERSION", "ProgressCallback",
            "compare_report", "evaluate_folder", "markdown_table", "write_report"]
@@ -256,7 +257,14 @@ def evaluate_folder(
 def _evaluate_case(task: _CaseTask) -> _CaseOutcome:
     """Read one case, check its voxel values, and compute its metrics if asked (runs in worker processes)."""
     paths = {"prediction": task.prediction, "reference": task.reference}
-    images = {role: sitk.ReadImage(str(path)) for role, path in paths.items()}
+    images, problems = {}, []
+    for role, path in paths.items():
+        try:  # the header check passed; the voxels may still be cut off (read_image checks NIfTI completeness)
+            images[role] = read_image(path)
+        except ImageReadError as e:
+            problems.append(Problem("unreadable", task.case, f"{role} {path}: {e.reason}"))
+    if problems:
+        return _CaseOutcome(task, tuple(problems))
     arrays = {role: sitk.GetArrayViewFromImage(image) for role, image in images.items()}
     problems = [
         problem

@@ -482,3 +482,16 @@ def test_unwritable_output_is_refused(dataset: dict[str, Path], monkeypatch: pyt
                                          "write to"):
         args.func(args)
     assert not dataset["out"].exists()
+
+
+
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_truncated_files_are_refused_with_case_and_file_named(dataset: dict[str, Path], role: str) -> None:
+    """The header is intact (the header checks pass) but the voxels are cut off (an interrupted copy)."""
+    path = dataset[role] / "a2.nii.gz"
+    path.write_bytes(path.read_bytes()[:-12])  # most of the voxels and the gzip trailer survive
+    with pytest.raises(ValueError) as info:
+        evaluate(dataset)
+    text = str(info.value)
+    for expected in ["files nnext cannot read", "'a2'", str(path), "cut off", "1 problem(s)"]:
+        assert expected in text
