@@ -10,7 +10,7 @@ import numpy as np
 
 from nnunet_ext.benchmark.matrix import DA5_ROW, METRICS
 from nnunet_ext.benchmark.rows import REFERENCE_ROW
-from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_ext.utils.outputs import write_result_files
 from nnunet_ext.utils.plotting import default_style
 
 STEM = "benchmark"
@@ -150,7 +150,8 @@ def figure_png(result: dict[str, Any]) -> bytes:
             bars.set_yticks(y, [])
             bars.invert_yaxis()
             bars.set_xlabel("shifted mean Dice (± sd over seeds)")
-            bars.legend(fontsize="x-small", loc="lower right")
+            if bars.get_legend_handles_labels()[0]:  # no reference lines before the baselines finished
+                bars.legend(fontsize="x-small", loc="lower right")
         if not result["complete"]:
             fig.suptitle("INCOMPLETE: not every run finished", color="red")
         buffer = io.BytesIO()
@@ -160,11 +161,5 @@ def figure_png(result: dict[str, Any]) -> bytes:
 
 def write_outputs(result: dict[str, Any], output: Path) -> dict[str, Path]:
     """Render first, then write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``output``."""
-    text, png = markdown(result), figure_png(result)
-    paths = {"json": output / f"{STEM}.json", "md": output / f"{STEM}.md", "png": output / f"{STEM}.png"}
-    write_json_atomic(paths["json"], result)
-    write_text_atomic(paths["md"], text)
-    with atomic_path(paths["png"]) as tmp:
-        tmp.write_bytes(png)
-    return paths
+    return write_result_files(output, STEM, result, markdown(result), figure_png(result))
 

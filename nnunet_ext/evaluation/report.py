@@ -19,8 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nnunet_ext.evaluation.metrics import METRIC_NAMES
-from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
-from nnunet_ext.utils.outputs import check_output_folder
+from nnunet_ext.utils.outputs import write_result_files
 from nnunet_ext.utils.plotting import default_style
 
 #: ``format_version`` of evaluation results (schema in :mod:`nnunet_ext.evaluation.per_domain`)
@@ -115,7 +114,7 @@ def write_report(
         points=points,
         ylabel="Dice (bars: mean; dots: cases)",
     )
-    return _write_outputs(Path(out_dir), "evaluation", result, markdown, png)
+    return write_result_files(out_dir, "evaluation", result, markdown, png, "out_dir")
 
 
 def compare_report(
@@ -224,7 +223,7 @@ def compare_report(
         ],
         ylabel="mean foreground Dice (bars: mean; dots: cases)",
     )
-    return _write_outputs(Path(out_dir), "comparison", comparison, "\n".join(sections), png)
+    return write_result_files(out_dir, "comparison", comparison, "\n".join(sections), png, "out_dir")
 
 
 def _format_stat(stats: dict[str, float | int], metric: str, n_cases: int) -> str:
@@ -280,17 +279,6 @@ def _grouped_bar_png(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
-
-
-def _write_outputs(out_dir: Path, stem: str, data: dict[str, Any], markdown: str, png: bytes) -> dict[str, Path]:
-    check_output_folder(out_dir, "out_dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
-    write_json_atomic(paths["json"], data)
-    write_text_atomic(paths["md"], markdown)
-    with atomic_path(paths["png"]) as tmp:
-        tmp.write_bytes(png)
-    return paths
 
 
 def _metric_header(metric: str, tolerance_mm: float) -> str:

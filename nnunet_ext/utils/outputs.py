@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from nnunet_ext.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 
 def check_output_folder(path: str | os.PathLike, option: str = "-o") -> Path:
@@ -46,3 +49,23 @@ def check_output_folder(path: str | os.PathLike, option: str = "-o") -> Path:
         raise ValueError(f"{option} {path}: cannot create anything in {existing} ({e.strerror or e}); pass a folder "
                          f"you can write to, or give yourself write permission on {existing}") from None
     return path
+
+
+def write_result_files(folder: str | os.PathLike, stem: str, data: Any, markdown: str, png: bytes,
+                       option: str = "-o") -> dict[str, Path]:
+    """Write a result as ``STEM.json``, ``STEM.md`` and ``STEM.png`` into ``folder``, each atomically.
+
+    Render the Markdown and the figure first (a rendering error then writes nothing). The folder is checked
+    with :func:`check_output_folder` and created if missing.
+
+    Returns:
+        ``{"json": path, "md": path, "png": path}``.
+    """
+    folder = check_output_folder(folder, option)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "png": folder / f"{stem}.png"}
+    write_json_atomic(paths["json"], data)
+    write_text_atomic(paths["md"], markdown)
+    with atomic_path(paths["png"]) as tmp:
+        tmp.write_bytes(png)
+    return paths
