@@ -117,3 +117,27 @@ def test_dataset_without_domains_or_test_cases_is_refused(benchmark_run, tmp_pat
     refused = _nnext(["988", "-o", str(tmp_path / "b")], env)
     assert refused.returncode == 2 and "domains without test cases: ['ge_3']" in refused.stderr
     assert not (tmp_path / "b" / "benchmark.json").exists()
+
+
+
+def test_fold_all_runs_nnunets_fold_all_and_its_matrix_has_every_domain_in_domain(benchmark_run, tmp_path):
+    """``--folds all``: nnU-Net's fold ``all`` (every training case; no splits file needed) in every command, and
+    a matrix whose source domains are all scanners; before any run finished, --collect-only says incomplete."""
+    dataset, env, _, _, _ = benchmark_run
+    out = tmp_path / "bench_all"
+    args = [str(DATASET_ID), "--budget", "micro", "--seeds", "0", "--folds", "all", "-o", str(out), "--disable-tta"]
+    printed = _nnext([*args, "-tr", "fda@nnUNetTrainer", "--print-commands"], env)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    lines = printed.stdout.splitlines()
+    assert any(line.startswith("nnUNet_n_proc_DA=0 nnUNetv2_train 989 2d all -tr nnUNetTrainer_microBudget_seed0")
+               for line in lines)
+    assert any(" fda attach " in line and line.endswith(" -f all") for line in lines)
+    assert any(line.startswith("nnUNetv2_predict ") and " -f all " in line for line in lines)
+
+    collected = _nnext([*args, "--collect-only"], env)
+    assert collected.returncode == 1 and "INCOMPLETE: 0 of 3 runs" in collected.stdout, collected.stderr[-2000:]
+    result = json.loads((out / "benchmark.json").read_text())
+    assert not result["complete"] and len(result["problems"]) == 3
+    fold = result["matrix"]["folds"]["all"]
+    scanners = list(json.loads((dataset / "domains.json").read_text())["domains"])
+    assert fold["source_domains"] == scanners and fold["target_domains"] == []
