@@ -340,6 +340,25 @@ class NNExtTrainerMixin:
 
     def on_train_start(self):
         super().on_train_start()
+        if self.local_rank == 0:
+            self.remove_checkpoint_leftovers()
         if self._rng_on_train_start is not None:
             set_rng_state(self._rng_on_train_start)
             self._rng_on_train_start = None
+            self.print_to_log_file(f"resuming at epoch {self.current_epoch} with the checkpoint's random generator "
+                                   f"state")
+
+    def remove_checkpoint_leftovers(self) -> list[Path]:
+        """Delete temporary checkpoint files (``.checkpoint_*.pth.XXXXXXXX.tmp``) that a killed earlier run of this
+        fold left behind; called on rank 0 when training starts, before this run writes any.
+
+        The saves are atomic, so such a file is never the checkpoint ``--c`` resumes from, only litter (a
+        checkpoint's size each).
+        """
+        removed = sorted(Path(self.output_folder).glob(".checkpoint*.pth.*.tmp"))
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            self.print_to_log_file(f"removed {len(removed)} temporary checkpoint file(s) of an interrupted earlier "
+                                   f"run: {[p.name for p in removed]}")
+        return removed

@@ -2,7 +2,8 @@
 
 The in-process resume tests (``tests/trainers/test_resume.py``) stop a run with an exception; this one kills the
 stock command's process group with SIGKILL as soon as its first periodic checkpoint appears, so the checkpoint
-that ``--c`` resumes from is whatever the atomic save left on disk. The trainer is the session's seeded smoke
+that ``--c`` resumes from is whatever the atomic save left on disk; a save the kill interrupted leaves only its
+temporary file, which the resumed run removes. The trainer is the session's seeded smoke
 trainer (``nnUNetTrainerCPU_smoke``, 4 epochs, trained uninterrupted by the ``smoke_model`` fixture) with a
 checkpoint after every epoch, in a module of a folder in ``nnUNet_extTrainer`` as a user would add one;
 nnU-Net's single-threaded augmenter (``nnUNet_n_proc_DA=0``) makes the seeded runs repeatable.
@@ -16,8 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from nnunet_ext.utils import nnunet_commands as cmd
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
@@ -70,17 +71,25 @@ def test_a_killed_training_resumes_with_c_to_the_uninterrupted_result(tiny_works
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (fold / "checkpoint_final.pth").exists()
-    assert [p.name for p in fold.iterdir() if p.name.endswith(".tmp")] == []
-    stopped_at = load_checkpoint_safely(fold / "checkpoint_latest.pth")["current_epoch"]
+    # a kill during a save may leave the temporary file of that save (never the checkpoint itself)
+    assert all(p.name.startswith(".checkpoint_") for p in fold.iterdir() if p.name.endswith(".tmp"))
+    latest = load_checkpoint_safely(fold / "checkpoint_latest.pth")
+    stopped_at = latest["current_epoch"]
     assert 1 <= stopped_at < 4
 
     cmd.run_command([*argv, "--c"], env, tmp_path / "resumed.log")
+    assert f"resuming at epoch {stopped_at} with the checkpoint's random generator state" in (
+        tmp_path / "resumed.log").read_text()
     assert "checkpoint_latest.pth" not in os.listdir(fold)  # nnU-Net removes it at the end of training
+    assert [p.name for p in fold.iterdir() if p.name.endswith(".tmp")] == []  # the resumed run removed leftovers
     resumed = load_checkpoint_safely(fold / "checkpoint_final.pth", map_location="cpu")
+    assert resumed["current_epoch"] == 4
+    for key, values in resumed["logging"].items():  # the epochs before the kill are the killed run's, not re-run
+        assert len(values) == 4 and values[:stopped_at] == latest["logging"][key][:stopped_at], key
+
+    # Against the uninterrupted smoke run (another process), a sanity bound: two processes with the same seed
+    # differed by ~4e-5 in the epoch-0 loss on this CPU (and by 1e-3 / 0.02 in later losses / Dice), so
+    # bit-equality of a resumed run is checked in-process (tests/trainers/test_resume.py).
     expected = load_checkpoint_safely(smoke_model / "fold_0" / "checkpoint_final.pth", map_location="cpu")
-    assert resumed["current_epoch"] == expected["current_epoch"] == 4
-    for key in ("train_losses", "val_losses", "dice_per_class_or_region"):  # nnU-Net's per-epoch log
-        assert resumed["logging"][key] == expected["logging"][key], key
-    weights, reference = resumed["network_weights"], expected["network_weights"]
-    assert weights.keys() == reference.keys()
-    assert [k for k in weights if not torch.equal(weights[k], reference[k])] == []
+    for key, tolerance in (("train_losses", 0.01), ("mean_fg_dice", 0.05)):
+        assert np.allclose(resumed["logging"][key], expected["logging"][key], rtol=0, atol=tolerance), key

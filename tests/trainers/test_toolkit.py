@@ -249,3 +249,18 @@ def test_method_state_may_not_replace_nnunets_entries(tmp_path):
     clashing = type("_Clashing", (_Trainer,), {"extra_checkpoint_state": lambda self: {"current_epoch": 0}})
     with pytest.raises(ValueError, match="current_epoch"):
         clashing(tmp_path).save_checkpoint(str(tmp_path / "x.pth"))
+
+
+def test_training_start_removes_temporary_checkpoints_of_a_killed_run_on_rank_0_only(tmp_path):
+    leftovers = [tmp_path / ".checkpoint_latest.pth.a1b2c3d4.tmp", tmp_path / ".checkpoint_best.pth.x9y8z7w6.tmp"]
+    kept = [tmp_path / "checkpoint_latest.pth", tmp_path / ".dataset.json.abcdefgh.tmp", tmp_path / "notes.tmp"]
+    for path in leftovers + kept:
+        path.write_bytes(b"x")
+    trainer = _Trainer(tmp_path)
+    trainer.local_rank = 1
+    trainer.on_train_start()
+    assert all(p.exists() for p in leftovers)
+    trainer.local_rank = 0
+    trainer.on_train_start()
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)
+    assert "removed 2 temporary checkpoint file(s)" in trainer.messages[-1]
