@@ -1,7 +1,8 @@
 """The benchmark matrix: trainer x domain, mean +- sd over seeds, gap closed vs stock, costs vs stock.
 
 Per run, the value of a domain is the domain's mean over its test cases of the per-case foreground mean
-(``evaluation.json``: ``domains[d]["foreground_mean"][metric]["mean"]``). Per fold, the **in-domain** value is
+(``evaluation.json``: ``domains[d]["foreground_mean"][metric]["mean"]``), or, with ``labels``, the mean over
+those labels of the domain's per-label means (``domains[d]["labels"][label][metric]["mean"]``). Per fold, the **in-domain** value is
 the mean over the fold's source domains (the domains of its training cases) and the **shifted** value the mean
 over every other domain. Across seeds: mean, sample sd (ddof 1; None with one seed) and n.
 
@@ -41,18 +42,27 @@ def stats(values: Sequence[float | None]) -> dict[str, Any]:
             "sd": statistics.stdev(finite) if len(finite) > 1 else None, "n": len(finite), "values": finite}
 
 
-def domain_value(evaluation: dict[str, Any], domain: str, metric: str) -> float | None:
-    """A domain's mean foreground ``metric`` in one ``evaluation.json`` (None if the domain has no value)."""
+def domain_value(evaluation: dict[str, Any], domain: str, metric: str,
+                 labels: Sequence[int] | None = None) -> float | None:
+    """A domain's mean foreground ``metric`` in one ``evaluation.json`` (None if the domain has no value).
+
+    With ``labels``: the mean over those labels of the domain's per-label means (None if any is missing).
+    """
     entry = evaluation.get("domains", {}).get(domain)
     if entry is None:
         return None
-    value = entry["foreground_mean"][metric]["mean"]
-    return None if value is None or not math.isfinite(value) else float(value)
+    if labels is None:
+        value = entry["foreground_mean"][metric]["mean"]
+        return None if value is None or not math.isfinite(value) else float(value)
+    values = [entry["labels"].get(str(label), {}).get(metric, {}).get("mean") for label in labels]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return statistics.fmean(float(v) for v in values)
 
 
 def build_matrix(rows: Sequence[str], seeds: Sequence[int], fold_sources: dict[str, list[str]],
                  domains: Sequence[str], evaluations: dict[str, dict[str, Any]],
-                 costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                 costs: dict[str, dict[str, Any]], labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Aggregate finished runs (see the module docstring).
 
     Args:
@@ -63,6 +73,7 @@ def build_matrix(rows: Sequence[str], seeds: Sequence[int], fold_sources: dict[s
         evaluations: run key (:attr:`~nnunet_ext.benchmark.rows.Run.key`) -> ``evaluation.json`` content, for the
             finished runs.
         costs: run key -> costs of the run.
+        labels: label values to average instead of every foreground label (:func:`domain_value`).
 
     Returns:
         ``{"folds": {fold: {"source_domains", "target_domains", "rows": {row: ...}}}, "costs": {row: ...}}``.
@@ -80,7 +91,7 @@ def build_matrix(rows: Sequence[str], seeds: Sequence[int], fold_sources: dict[s
                 evaluation = evaluations.get(Run(parsed[spec], seed, fold).key)
                 if evaluation is None:
                     continue
-                values = {m: {d: domain_value(evaluation, d, m) for d in domains} for m in METRICS}
+                values = {m: {d: domain_value(evaluation, d, m, labels) for d in domains} for m in METRICS}
                 per_seed[spec][seed] = {
                     "domains": values,
                     "in_domain": {m: _mean([values[m][d] for d in sources]) for m in METRICS},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,20 @@ def _fmt_cost(key: str, value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def _per_domain_sentence(result: dict[str, Any]) -> str:
+    labels = result.get("labels")
+    if not labels:
+        return "Per domain: mean over its test cases of the per-case foreground mean; mean ± sd over seeds."
+    names = ", ".join(f"{label} ({name})" if name else str(label) for label, name in labels.items())
+    return (f"Per domain: mean over the labels {names} of the label's mean over the domain's test cases (the other "
+            f"labels left out); mean ± sd over seeds.")
+
+
+def stem_for(labels: Sequence[int] | None) -> str:
+    """Output name of a matrix: ``benchmark``, or ``benchmark_labels_2_3`` for one over labels 2 and 3."""
+    return STEM if not labels else f"{STEM}_labels_" + "_".join(str(label) for label in labels)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The whole report as Markdown (header, one table per fold and metric, costs, problems)."""
     s = result["settings"]
@@ -67,7 +82,7 @@ def markdown(result: dict[str, Any]) -> str:
         for metric in METRICS:
             lines += [f"### {_METRIC_TITLES[metric]}" + (f" (tolerance {s['tolerance_mm']} mm)"
                                                          if metric == "surface_dice" else ""), "",
-                      "Per domain: mean over its test cases of the per-case foreground mean; mean ± sd over seeds.", ""]
+                      _per_domain_sentence(result), ""]
             header = ["row", *[f"{d} (in)" for d in sources], *targets, "shifted mean", "gap closed"]
             if metric == "dice":
                 header.append(f"vs {DA5_ROW} (Δ shifted, seeds better)")
@@ -161,5 +176,6 @@ def figure_png(result: dict[str, Any]) -> bytes:
 
 def write_outputs(result: dict[str, Any], output: Path) -> dict[str, Path]:
     """Render first, then write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``output``."""
-    return write_result_files(output, STEM, result, markdown(result), figure_png(result))
+    stem = stem_for([int(label) for label in result.get("labels") or {}])
+    return write_result_files(output, stem, result, markdown(result), figure_png(result))
 

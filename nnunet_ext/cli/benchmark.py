@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="predict without nnU-Net's mirroring test-time augmentation (faster; every row alike)")
     p.add_argument("--tolerance-mm", type=float, default=None,
                    help="surface Dice tolerance in mm (default: the largest voxel spacing of the configuration)")
+    p.add_argument("--labels", nargs="+", type=int, metavar="LABEL",
+                   help="matrix over these label values only (mean of their per-domain means), written as "
+                        "benchmark_labels_<L>_....{json,md,png} beside the default one (e.g. with --collect-only)")
     p.add_argument("--shard", metavar="I/N", help="run only part I of N (0-based) of the runs")
     p.add_argument("--print-commands", action="store_true", help="print every run's commands and exit")
     p.add_argument("--collect-only", action="store_true", help="run nothing; write the matrix from finished runs")
@@ -94,6 +97,7 @@ def _command(args: argparse.Namespace) -> int:
     settings, bench = _setup(args, [r.spec for r in row_list], runner)
     output = bench.output
 
+    labels = _check_labels(args.labels, bench)
     runs = rows.plan_runs(row_list, settings.seeds, settings.folds)
     if args.print_commands:
         env = "nnUNet_n_proc_DA=0 " if settings.device == "cpu" else ""
@@ -132,12 +136,14 @@ def _command(args: argparse.Namespace) -> int:
         "command": shlex.join(["nnext", *sys.argv[1:]]),
         "settings": settings.to_json(),
         "budget": vars(BUDGETS[settings.budget]),
+        "labels": labels,
         "machine": _machine(),
         "versions": _versions(),
         "matrix": matrix.build_matrix(list(settings.rows), settings.seeds, bench.fold_source_domains(),
                                       domains_with_tests,
                                       {k: r.evaluation for k, r in records.items() if r.status == "done"},
-                                      {k: r.costs for k, r in records.items() if r.status == "done"}),
+                                      {k: r.costs for k, r in records.items() if r.status == "done"},
+                                      [int(label) for label in labels] if labels else None),
         "runs": {k: {"status": r.status, "error": r.error, "steps": r.steps, "costs": r.costs}
                  for k, r in records.items()},
     }
@@ -146,6 +152,18 @@ def _command(args: argparse.Namespace) -> int:
           f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     own = [records[run.key] for run in mine] if shard is not None else list(records.values())
     return 0 if all(r.status == "done" for r in own) else 1  # a shard answers for its own runs
+
+
+def _check_labels(labels: list[int] | None, bench) -> dict[str, str] | None:
+    """``{label: name}`` of ``--labels`` from the dataset's ``dataset.json``; refuses unknown or background."""
+    if not labels:
+        return None
+    names = {v: k for k, v in bench.dataset_json["labels"].items() if isinstance(v, int)}
+    bad = [label for label in labels if label not in names or label == 0]
+    if bad or len(set(labels)) != len(labels):
+        raise UserError(f"--labels {labels}: each must be a foreground label of {bench.raw / 'dataset.json'}, once "
+                        f"(known: {', '.join(f'{v} {k}' for v, k in sorted(names.items()) if v != 0)})")
+    return {str(label): names[label] for label in labels}
 
 
 def _setup(args: argparse.Namespace, specs: list[str], runner):

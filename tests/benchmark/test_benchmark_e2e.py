@@ -141,3 +141,20 @@ def test_fold_all_runs_nnunets_fold_all_and_its_matrix_has_every_domain_in_domai
     fold = result["matrix"]["folds"]["all"]
     scanners = list(json.loads((dataset / "domains.json").read_text())["domains"])
     assert fold["source_domains"] == scanners and fold["target_domains"] == []
+
+
+def test_labels_matrix_is_written_beside_the_default_one(benchmark_run):
+    dataset, env, out, args, first = benchmark_run
+    before = (out / "benchmark.json").read_text()
+    labelled = _nnext([*args, "--collect-only", "--labels", "2", "3"], env)
+    assert labelled.returncode == 0, labelled.stderr[-2000:]
+    assert (out / "benchmark.json").read_text() == before
+    result = json.loads((out / "benchmark_labels_2_3.json").read_text())
+    assert result["labels"] == {"2": "grey matter", "3": "white matter"}
+    evaluation = json.loads((out / "runs" / "nnUNetTrainer" / "seed0" / f"fold_{FOLD}" / "evaluation.json").read_text())
+    expected = statistics.fmean(evaluation["domains"]["ge_3"]["labels"][label]["dice"]["mean"] for label in "23")
+    row = result["matrix"]["folds"][FOLD]["rows"]["nnUNetTrainer"]
+    assert row["domains"]["ge_3"]["dice"]["mean"] == pytest.approx(expected)
+    assert "mean over the labels 2 (grey matter), 3 (white matter)" in (out / "benchmark_labels_2_3.md").read_text()
+    refused = _nnext([*args, "--collect-only", "--labels", "0"], env)
+    assert refused.returncode == 2 and "each must be a foreground label" in refused.stderr

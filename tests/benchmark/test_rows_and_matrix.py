@@ -118,3 +118,17 @@ def test_matrix_with_missing_runs_and_report_says_incomplete():
     assert "| `nnUNetTrainer` | 0.900 | 0.600 | 0.600 | +0.00 |" in text
     png = report.figure_png(result)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_average_the_chosen_labels_per_domain_and_name_the_outputs():
+    def entry(v):
+        return {"mean": v, "std": 0.0, "median": v, "n": 4}
+
+    evaluation = {"domains": {"A": {
+        "foreground_mean": {"dice": entry(0.5), "surface_dice": entry(0.5), "hd95": entry(9.0)},
+        "labels": {"1": {"dice": entry(0.0)}, "2": {"dice": entry(0.8)}, "3": {"dice": entry(0.6)}}}}}
+    assert matrix.domain_value(evaluation, "A", "dice") == pytest.approx(0.5)
+    assert matrix.domain_value(evaluation, "A", "dice", [2, 3]) == pytest.approx(0.7)
+    assert matrix.domain_value(evaluation, "A", "dice", [2, 4]) is None  # a label the evaluation lacks
+    assert matrix.domain_value(evaluation, "B", "dice", [2]) is None
+    assert report.stem_for(None) == "benchmark" and report.stem_for([2, 3]) == "benchmark_labels_2_3"
