@@ -144,8 +144,8 @@ def test_select_beta_hands_fold_all_to_nnunets_predictor(env: Path, recorder) ->
 
 def test_evaluate_continual_model_with_fold_all(env: Path, recorder) -> None:
     model = build_model(env, "all")
-    for k in (0, 1):
-        (model / "fold_all" / f"checkpoint_stage_{k}.pth").write_bytes(b"")
+    for k in (0, 1):  # plain weights: the command loads each safely before nnU-Net's predictor sees it
+        torch.save({"network_weights": {}}, model / "fold_all" / f"checkpoint_stage_{k}.pth")
     names = evaluate_continual._stage_checkpoints(model, "all", evaluate_continual.STAGE_CHECKPOINT, 2)
     assert names == ["checkpoint_stage_0.pth", "checkpoint_stage_1.pth"]
     with pytest.raises(UserError, match=r"fold_all: missing \['checkpoint_stage_2.pth'\]"):
