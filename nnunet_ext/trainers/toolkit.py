@@ -26,7 +26,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from nnunet_ext.utils.atomic import write_json_atomic
+from nnunet_ext.utils.atomic import remove_temporary_files, write_json_atomic
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely, save_torch_atomic
 from nnunet_ext.utils.seeding import get_rng_state, set_rng_state
 
@@ -355,9 +355,7 @@ class NNExtTrainerMixin:
         The saves are atomic, so such a file is never the checkpoint ``--c`` resumes from, only litter (a
         checkpoint's size each).
         """
-        removed = sorted(Path(self.output_folder).glob(".checkpoint*.pth.*.tmp"))
-        for path in removed:
-            path.unlink(missing_ok=True)
+        removed = remove_temporary_files(self.output_folder, "checkpoint*.pth")
         if removed:
             self.print_to_log_file(f"removed {len(removed)} temporary checkpoint file(s) of an interrupted earlier "
                                    f"run: {[p.name for p in removed]}")

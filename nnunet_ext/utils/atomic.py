@@ -60,6 +60,21 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_temporary_files(folder: str | os.PathLike, names: str = "*") -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` leaves beside a target when its process is killed.
+
+    Only files of its naming, ``.<NAME>.<random>.tmp`` with ``NAME`` matching the glob ``names``, are removed.
+    Call it only where no other process writes such a file at the same time (e.g. a trainer's own fold folder).
+
+    Returns:
+        The removed files, sorted.
+    """
+    removed = sorted(p for p in Path(folder).glob(f".{names}.*.tmp") if p.is_file())
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``target`` atomically (UTF-8)."""
     with atomic_path(target) as tmp:
