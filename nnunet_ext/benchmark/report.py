@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def _per_domain_sentence(result: dict[str, Any]) -> str:
             f"labels left out); mean ± sd over seeds.")
 
 
-def stem_for(labels: Sequence[int] | None) -> str:
+def stem_for(labels: Iterable[int | str] | None) -> str:
     """Output name of a matrix: ``benchmark``, or ``benchmark_labels_2_3`` for one over labels 2 and 3."""
     return STEM if not labels else f"{STEM}_labels_" + "_".join(str(label) for label in labels)
 
@@ -176,6 +176,5 @@ def figure_png(result: dict[str, Any]) -> bytes:
 
 def write_outputs(result: dict[str, Any], output: Path) -> dict[str, Path]:
     """Render first, then write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` into ``output``."""
-    stem = stem_for([int(label) for label in result.get("labels") or {}])
-    return write_result_files(output, stem, result, markdown(result), figure_png(result))
+    return write_result_files(output, stem_for(result.get("labels")), result, markdown(result), figure_png(result))
 
