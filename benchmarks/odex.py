@@ -117,9 +117,9 @@ def prepare_streams(work: Path, scenarios: list[str], num_stages: int | None = N
     return folders
 
 
-def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]:
+def prepare_datasets(datasets: list[str], configuration: str, plans_name: str = "nnUNetPlans") -> dict[str, Path]:
     """Raw dataset folders (ids, names or paths) of user-built streams, checked to be preprocessed for
-    ``configuration``; keyed by the folder name (the benchmark's scenario name)."""
+    ``configuration`` with plans ``plans_name``; keyed by the folder name (the benchmark's scenario name)."""
     from nnunet_ext.cli.main import UserError
     from nnunet_ext.cli.stream import resolve_dataset
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -136,12 +136,13 @@ def prepare_datasets(datasets: list[str], configuration: str) -> dict[str, Path]
         except UserError as e:
             raise SystemExit(str(e)) from None
         read_stream(folder)  # a dataset without a valid stream.json fails here, naming the file
-        plans = pre_root / folder.name / "nnUNetPlans.json"
+        plans = pre_root / folder.name / f"{plans_name}.json"
         manager = PlansManager(str(plans)) if plans.is_file() else None
         known = manager is not None and configuration in manager.available_configurations
         if not known or not (plans.parent / manager.get_configuration(configuration).data_identifier).is_dir():
-            raise SystemExit(f"{folder.name} is not preprocessed for {configuration!r} in {pre_root}: run "
-                             f"nnUNetv2_plan_and_preprocess -d DATASET_ID -c {configuration} first")
+            raise SystemExit(f"{folder.name} is not preprocessed for {configuration!r} with plans {plans_name!r} in "
+                             f"{pre_root}: run nnUNetv2_plan_and_preprocess -d DATASET_ID -c {configuration} (and "
+                             f"nnUNetv2_preprocess -plans_name {plans_name} for other plans) first")
         folders[folder.name] = folder
     return folders
 
@@ -150,9 +151,9 @@ def run_dir_of(work: Path, scenario: str, method: str, seed: int) -> Path:
     return work / "runs" / scenario / method / f"seed{seed}"
 
 
-def model_folder(run_dir: Path, dataset_dir: Path, method: str, configuration: str) -> Path:
+def model_folder(run_dir: Path, dataset_dir: Path, method: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
     """The model folder ``method``'s training run in ``run_dir`` wrote (its own ``nnUNet_results``)."""
-    return nnunet_paths.model_folder(dataset_dir.name, BY_NAME[method].trainer, configuration=configuration,
+    return nnunet_paths.model_folder(dataset_dir.name, BY_NAME[method].trainer, plans, configuration,
                                      results_root=run_dir / "results")
 
 
@@ -164,7 +165,7 @@ def train_child(args: argparse.Namespace) -> int:
     method, dataset_dir = BY_NAME[args.method], args.dataset_dir
     os.environ.update(nnUNet_results=str(args.run_dir / "results"), nnUNet_n_proc_DA="0")
     pre = nnunet_paths.dataset_folder("preprocessed", dataset_dir.name)  # set by the parent (demo) or the user
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / f"{args.plans}.json").read_text())
     plans["continue_training"] = False  # nnU-Net 2.8 pops this key (set by nnUNetv2_train's --c)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     torch.set_num_threads(args.threads)
@@ -187,7 +188,7 @@ def train_child(args: argparse.Namespace) -> int:
         trainer.save_checkpoint(os.path.join(trainer.output_folder, INIT_CHECKPOINT))
     steps = time_calls(trainer, "train_step")
     # the method's own work at stage boundaries (ODEx: feature passes, decisions)
-    hooks = [time_calls(trainer, hook) for hook in ("on_stage_start", "on_stage_end")]
+    hooks = [time_calls(trainer, hook) for hook in ("on_stage_start", "on_stage_end") if hasattr(trainer, hook)]
     t0 = time.perf_counter()
     trainer.run_training()
     train_s = time.perf_counter() - t0
@@ -197,7 +198,7 @@ def train_child(args: argparse.Namespace) -> int:
     pool_size = len(trainer.network.experts) if hasattr(trainer.network, "experts") else 1
     out = {"method": method.name, "trainer": method.trainer, "scenario": args.scenario, "seed": args.seed,
            "epochs_per_stage": args.epochs_per_stage, "iterations_per_epoch": args.iterations,
-           "configuration": args.configuration, "device": args.device,
+           "configuration": args.configuration, "plans": args.plans, "device": args.device,
            "train_s": train_s, "iterations": len(steps),
            "median_iteration_s": statistics.median(t for _, t in steps[3:]),
            "stage_hooks_s": sum(t for calls in hooks for _, t in calls),
@@ -209,14 +210,15 @@ def train_child(args: argparse.Namespace) -> int:
 
 
 def launch_training(work: Path, scenario: str, dataset_dir: Path, method: str, seed: int, epochs_per_stage: int,
-                    iterations: int, threads: int, configuration: str, device: str) -> dict:
+                    iterations: int, threads: int, configuration: str, device: str, plans: str = "nnUNetPlans") -> dict:
     """Run :func:`train_child` in a child process; adds its peak resident memory (MB) to ``train.json``."""
     run_dir = run_dir_of(work, scenario, method, seed)
     if (run_dir / "train.json").is_file():  # a finished run is reused if it ran with these settings
         done = json.loads((run_dir / "train.json").read_text())
         wanted = {"epochs_per_stage": epochs_per_stage, "iterations_per_epoch": iterations,
-                  "configuration": configuration, "device": device}
-        have = {k: done.get(k, {"configuration": "2d", "device": "cpu"}.get(k)) for k in wanted}
+                  "configuration": configuration, "device": device, "plans": plans}
+        have = {k: done.get(k, {"configuration": "2d", "device": "cpu", "plans": "nnUNetPlans"}.get(k))
+                for k in wanted}
         if have != wanted:
             raise SystemExit(f"{run_dir} ran with {have}, not {wanted}: use another --workdir")
         return done
@@ -232,7 +234,7 @@ def launch_training(work: Path, scenario: str, dataset_dir: Path, method: str, s
     argv = [sys.executable, str(Path(__file__).resolve()), "_train", "--dataset-dir", str(dataset_dir),
             "--scenario", scenario, "--method", method, "--seed", str(seed), "--epochs-per-stage", str(epochs_per_stage),
             "--iterations", str(iterations), "--threads", str(threads), "--run-dir", str(run_dir),
-            "--configuration", configuration, "--device", device]
+            "--configuration", configuration, "--device", device, "--plans", plans]
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         _, status, usage = os.wait4(proc.pid, 0)
@@ -245,7 +247,18 @@ def launch_training(work: Path, scenario: str, dataset_dir: Path, method: str, s
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def _predict_folder(model: Path, checkpoint: str, images: Path, out: Path, device: str) -> float:
+def _stream_test_inputs(dataset_dir: Path) -> dict[str, list[str]]:
+    """The image files of the stream's test cases (``imagesTs`` may hold more: other scanners' copies)."""
+    from nnunet_ext.streams import read_stream
+
+    ending = json.loads((dataset_dir / "dataset.json").read_text())["file_ending"]
+    cases = [c for s in read_stream(dataset_dir / "stream.json").stages for c in s.test]
+    return {c: sorted(str(p) for p in (dataset_dir / "imagesTs").glob(f"{c}_[0-9][0-9][0-9][0-9]{ending}"))
+            for c in cases}
+
+
+def _predict_folder(model: Path, checkpoint: str, dataset_dir: Path, out: Path, device: str) -> float:
+    """Predict the stream's test cases (no mirroring); returns the seconds the prediction took."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -253,18 +266,19 @@ def _predict_folder(model: Path, checkpoint: str, images: Path, out: Path, devic
                                 perform_everything_on_device=device != "cpu", allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (0,), checkpoint)
     out.mkdir(parents=True, exist_ok=True)
+    inputs = _stream_test_inputs(dataset_dir)
     t0 = time.perf_counter()
-    predictor.predict_from_files_sequential(str(images), str(out))
+    predictor.predict_from_files_sequential(list(inputs.values()), [str(out / c) for c in inputs])
     return time.perf_counter() - t0
 
 
 def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[str], seed: int,
-                  runs: dict[str, dict], configuration: str, device: str) -> dict:
+                  runs: dict[str, dict], configuration: str, device: str, plans: str = "nnUNetPlans") -> dict:
     """``nnext evaluate-continual`` of every method of one scenario and seed; returns its ``continual.json``."""
     report = work / "reports" / scenario / f"seed{seed}"
     if (report / "continual.json").is_file():
         return json.loads((report / "continual.json").read_text())
-    images, preds = dataset_dir / "imagesTs", work / "predictions" / scenario / f"seed{seed}"
+    preds = work / "predictions" / scenario / f"seed{seed}"
     argv = [sys.executable, "-m", "nnunet_ext", "evaluate-continual", "--stream", str(dataset_dir / "stream.json"),
             "--ref", str(dataset_dir / "labelsTs"), "--disable-tta", "-o", str(report),
             "--title", f"{scenario}, seed {seed}", "--device", device]
@@ -272,7 +286,7 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
 
     num_stages = len(read_stream(dataset_dir / "stream.json"))
     for name in methods:
-        folder = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration)
+        folder = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration, plans)
         if BY_NAME[name].stream:
             earlier = report / "predictions" / name  # kept from an earlier evaluation of the same model
             if all((earlier / f"after{k}").is_dir() for k in range(num_stages)):
@@ -283,30 +297,30 @@ def evaluate_seed(work: Path, scenario: str, dataset_dir: Path, methods: list[st
         else:  # joint: one final model, shown as the same predictions "after" every stage (only its Dice counts)
             final = preds / name / "final"
             if not final.is_dir():
-                _predict_folder(folder, "checkpoint_final.pth", images, final, device)
+                _predict_folder(folder, "checkpoint_final.pth", dataset_dir, final, device)
             argv += ["--method", f"{name}={preds / name / 'after{stage}'}"]
             for k in range(num_stages):
                 link = preds / name / f"after{k}"
                 if not link.exists():
                     link.symlink_to(final.name)
-    seq = model_folder(run_dir_of(work, scenario, "Seq", seed), dataset_dir, "Seq", configuration)
+    seq = model_folder(run_dir_of(work, scenario, "Seq", seed), dataset_dir, "Seq", configuration, plans)
     baseline = preds / "random_init"
     if not baseline.is_dir():
-        _predict_folder(seq, INIT_CHECKPOINT, images, baseline, device)
+        _predict_folder(seq, INIT_CHECKPOINT, dataset_dir, baseline, device)
     argv += ["--baseline", str(baseline)]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     return json.loads((report / "continual.json").read_text())
 
 
 def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, configuration: str, device: str,
-                   repeats: int = 7) -> dict:
+                   plans: str = "nnUNetPlans", repeats: int = 7) -> dict:
     """ODEx's final pool vs the sequential model: one patch forward and the whole test-folder prediction."""
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     nets, folders = {}, {}
     for name in ("Seq", "ODEx"):
-        folders[name] = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration)
+        folders[name] = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration, plans)
         plans = PlansManager(str(folders[name] / "plans.json"))
         cm = plans.get_configuration(configuration)
         dataset_json = json.loads((folders[name] / "dataset.json").read_text())
@@ -332,7 +346,7 @@ def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, conf
     predict = {n: [] for n in nets}
     for r in range(2):
         for n in nets:
-            predict[n].append(_predict_folder(folders[n], "checkpoint_final.pth", dataset_dir / "imagesTs",
+            predict[n].append(_predict_folder(folders[n], "checkpoint_final.pth", dataset_dir,
                                               work / "timing" / scenario / f"seed{seed}" / n / str(r), device))
     med = {n: statistics.median(v) for n, v in forward.items()}
     pmed = {n: statistics.median(v) for n, v in predict.items()}
@@ -439,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         p = argparse.ArgumentParser()
         for flag, typ in (("--dataset-dir", Path), ("--scenario", str), ("--method", str), ("--seed", int),
                           ("--epochs-per-stage", int), ("--iterations", int), ("--threads", int), ("--run-dir", Path),
-                          ("--configuration", str), ("--device", str)):
+                          ("--configuration", str), ("--device", str), ("--plans", str)):
             p.add_argument(flag, type=typ, required=True)
         return train_child(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run these raw datasets' stream.json instead of the demo streams (ids, names or paths; "
                         "preprocessed for -c in $nnUNet_preprocessed)")
     p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans",
+                   help="plans identifier, as nnUNetv2_train's -p (default nnUNetPlans; with --dataset only)")
     p.add_argument("--device", default="cpu", help="device for training and prediction (default cpu; e.g. cuda)")
     p.add_argument("--methods", nargs="+", choices=list(BY_NAME), default=list(DEFAULT_METHODS))
     p.add_argument("--stages", type=int, default=4, help="stages of the demo streams (default 4; the paper has 5)")
@@ -471,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--scenarios and --stages choose and build demo streams; with --dataset the streams are the "
                 "datasets' own")
     if args.dataset:
-        folders = prepare_datasets(args.dataset, args.configuration)
-    elif args.configuration != "2d":
-        p.error("the demo streams are 2d slabs: -c other than 2d needs --dataset")
+        folders = prepare_datasets(args.dataset, args.configuration, args.plans)
+    elif args.configuration != "2d" or args.plans != "nnUNetPlans":
+        p.error("the demo streams are 2d slabs with stock plans: -c other than 2d and -p need --dataset")
     else:
         folders = prepare_streams(work, args.scenarios, args.stages)
     args.scenarios = list(folders)
@@ -486,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(jobs)}] {sc} seed {seed}: {m} ({BY_NAME[m].trainer}, {args.epochs_per_stage} epochs x "
               f"{args.iterations} iterations per stage) ... ", end="", flush=True)
         r = launch_training(work, sc, folders[sc], m, seed, args.epochs_per_stage, args.iterations, args.threads,
-                            args.configuration, args.device)
+                            args.configuration, args.device, args.plans)
         runs[sc][m][seed] = r
         print(f"{r['train_s']:.0f} s, peak {_peak_mb(r):.0f} MB, pool {r['pool_size']}", flush=True)
     for sc in args.scenarios:
@@ -495,9 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"evaluating {sc} seed {seed} (nnext evaluate-continual)", flush=True)
                 reports[sc][seed] = evaluate_seed(work, sc, folders[sc], methods, seed,
                                                   {m: runs[sc][m][seed] for m in methods}, args.configuration,
-                                                  args.device)
+                                                  args.device, args.plans)
             print(f"timing inference ({sc} seed {seed})", flush=True)
-            costs[sc][seed] = inference_cost(work, sc, folders[sc], seed, args.configuration, args.device)
+            costs[sc][seed] = inference_cost(work, sc, folders[sc], seed, args.configuration, args.device, args.plans)
     table = summarize(args.scenarios, methods, args.seeds, None if args.timing_only else reports, runs, costs)
     if not args.timing_only:
         plot(table, methods, work / "odex_benchmark.png")

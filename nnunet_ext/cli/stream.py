@@ -3,7 +3,7 @@
     nnext stream shifting-source DATASET [--order D1 D2 ...] [--stages 4] [--group-by subject|case]
                                  [--stratify-by FIELD]
     nnext stream transformed DATASET NEW_ID [--name NAME] [--domain D] [--stages 4] [--group-by ...]
-                                 [--stratify-by FIELD | --repeat-units]
+                                 [--stratify-by FIELD | --repeat-units] [--test-units N]
     nnext stream demo transformed|shifting-source [--id 950|951] [--stages 4]
     nnext stream check DATASET
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             source, args.new_id, args.raw_root or source.parent, name=args.name, domain=args.domain,
             num_stages=args.stages, val_fraction=args.val_fraction, seed=args.seed, group_by=args.group_by,
             overwrite=args.overwrite, preprocessed_root=pre, progress=_progress, stratify_by=args.stratify_by,
-            repeat_units=args.repeat_units)
+            repeat_units=args.repeat_units, test_units=args.test_units)
     elif args.action == "demo":
         from nnunet_ext.dataset_conversion.demo_stream import build_demo_stream
 
@@ -142,6 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("new_id", type=int, metavar="NEW_ID", help="id of the new dataset")
     p.add_argument("--name", default=None, help="new dataset name after DatasetXXX_ (default <name>Transformed)")
     p.add_argument("--domain", default=None, help="source domain (default: the only real domain)")
+    p.add_argument("--test-units", type=int, default=None, metavar="N",
+                   help="use N of the domain's test subjects (seeded; default all): every stage's test set holds "
+                        "them, so N sets the evaluation cost")
     units = p.add_mutually_exclusive_group()
     units.add_argument("--repeat-units", action="store_true",
                        help="every stage gets every training unit through its own transform (for slabs of one volume)")

@@ -366,6 +366,7 @@ def transformed_stream(
     progress: Callable[[int, int, str], None] | None = None,
     stratify_by: str | None = None,
     repeat_units: bool = False,
+    test_units: int | None = None,
 ) -> Path:
     """Write the transformed-scenario stream of one source domain as a new raw dataset.
 
@@ -387,6 +388,9 @@ def transformed_stream(
         repeat_units: every stage gets **every** training unit, through its own stage transform (one seeded
             ``val`` set for all stages), instead of a share of them. For a source that is one volume cut into
             slabs: dealt slabs would make the stages differ in anatomy as well as in the transform.
+        test_units: use only this many of the domain's test units (a seeded choice; every stage gets the same
+            ones through its own transform). Default: all. Evaluation predicts every test case after every
+            stage, so this sets the evaluation cost.
 
     Returns:
         The new dataset folder.
@@ -424,6 +428,11 @@ def transformed_stream(
     units = _units(meta, [domain], group_by, str(folder / "domains.json"))[domain]
     if not units["test"]:
         raise ValueError(f"domain {domain!r} has no test cases in {folder.name}; every stage needs test cases")
+    if test_units is not None:
+        _check_int(test_units, "test_units", 1)
+        if test_units < len(units["test"]):
+            chosen = np.random.default_rng([seed, 1]).choice(sorted(units["test"]), test_units, replace=False)
+            units["test"] = {u: units["test"][u] for u in sorted(chosen)}
     file_ending = dj.get("file_ending", ".nii.gz")
     num_channels = len(dj.get("channel_names", {"0": ""}))
 
@@ -499,7 +508,8 @@ def transformed_stream(
         stream = Stream(tuple(stages), "transformed",
                         {"dataset": target.name, "source_dataset": folder.name, "source_domain": domain,
                          "group_by": group_by, "stratify_by": stratify_by, "repeat_units": repeat_units,
-                         "val_fraction": val_fraction, "seed": seed}, target / STREAM_FILENAME)
+                         "test_units": test_units, "val_fraction": val_fraction, "seed": seed},
+                        target / STREAM_FILENAME)
         num_training = sum(split == "train" for _, split, _, _ in jobs)
         generate_dataset_json(
             str(tmp), channel_names=dict(dj.get("channel_names", {"0": "image"})), labels=dict(dj["labels"]),

@@ -253,6 +253,21 @@ def test_transformed_repeat_units_gives_every_stage_every_unit(dataset: Path) ->
         main(["stream", "transformed", str(dataset), "805", "--domain", "b", "--repeat-units", "--stratify-by", "x"])
 
 
+def test_transformed_test_units_keeps_a_seeded_subset_in_every_stage(dataset: Path) -> None:
+    target = transformed_stream(dataset, 806, domain="b", num_stages=2, seed=0, test_units=1)
+    stream = read_stream(target)
+    kept = {c.split("_", 1)[1] for c in stream.stages[0].test}
+    assert len(kept) == 1 and kept <= {"b8", "b9"}
+    assert {c.split("_", 1)[1] for c in stream.stages[1].test} == kept                   # the same subject each stage
+    subject = next(iter(kept))
+    assert sorted(p.name for p in (target / "labelsTs").iterdir()) == [f"s{k}_{subject}.nii.gz" for k in range(2)]
+    assert stream.extra["test_units"] == 1
+    again = transformed_stream(dataset, 807, domain="b", num_stages=2, seed=0, test_units=1)
+    assert read_stream(again).stages[0].test == stream.stages[0].test                     # seeded
+    with pytest.raises(ValueError, match="test_units"):
+        transformed_stream(dataset, 808, domain="b", test_units=0)
+
+
 def test_cli_stream_commands_and_check(dataset: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("nnUNet_raw", str(dataset.parent))
