@@ -30,8 +30,6 @@ Combining: put the mixin first, ``class MyTrainer(GINMixin, nnUNetTrainerCateNor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -39,7 +37,6 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
-from torch import nn
 
 from nnunet_ext.core.gin import (
     GINConfig,
@@ -53,8 +50,14 @@ from nnunet_ext.core.gin import (
 from nnunet_ext.trainers.budget import BudgetMixin
 from nnunet_ext.trainers.catenorm import nnUNetTrainerCateNorm
 from nnunet_ext.trainers.style_curriculum import StyleCurriculumMixin
-from nnunet_ext.trainers.toolkit import EpochLog, NNExtTrainerMixin, batch_to_device
-from nnunet_ext.utils.seeding import rank_seed
+from nnunet_ext.trainers.toolkit import (
+    EpochLog,
+    MethodGenerator,
+    NNExtTrainerMixin,
+    PairedConsistencyLoss,
+    batch_to_device,
+    half_batch,
+)
 
 __all__ = [
     "GIN_GENERATOR_KEY",
@@ -79,52 +82,7 @@ GIN_LOG_FILENAME = "gin.json"
 #: checkpoint key of the augmentation generator's state
 GIN_GENERATOR_KEY = "nnext_gin_generator"
 
-Target = torch.Tensor | list[torch.Tensor]
 _DEFAULTS = GINConfig()  # the trainers' defaults are the core's (authors' settings, our normalization)
-
-
-class PairedConsistencyLoss(nn.Module):
-    """nnU-Net's loss, plus ``weight * view_consistency`` while :meth:`pairing` is active.
-
-    In a paired batch the first half of the samples are views a, the second half views b of the same cases.
-    The consistency uses the full-resolution output (the first of nnU-Net's deep-supervision list).
-
-    Args:
-        segmentation_loss: nnU-Net's loss (``DeepSupervisionWrapper`` or a plain loss).
-        weight: consistency weight (authors' code: 10).
-
-    Attributes:
-        records: ``(segmentation loss, consistency)`` of every paired call, detached.
-    """
-
-    def __init__(self, segmentation_loss: nn.Module, weight: float):
-        super().__init__()
-        self.segmentation_loss = segmentation_loss
-        self.weight = float(weight)
-        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._paired = False
-
-    @contextmanager
-    def pairing(self) -> Iterator[None]:
-        """Within this block every call treats its batch as ``[views a; views b]``."""
-        self._paired = True
-        try:
-            yield
-        finally:
-            self._paired = False
-
-    def forward(self, output: torch.Tensor | list[torch.Tensor], target: Target) -> torch.Tensor:
-        segmentation = self.segmentation_loss(output, target)
-        if not self._paired:
-            return segmentation
-        logits = output[0] if isinstance(output, (list, tuple)) else output
-        if logits.shape[0] % 2:
-            raise RuntimeError(f"a paired batch needs an even number of samples (views a, then b), got "
-                             f"{logits.shape[0]}")
-        view_a, view_b = logits.chunk(2)
-        consistency = view_consistency(view_a, view_b)
-        self.records.append((segmentation.detach(), consistency.detach()))
-        return segmentation + self.weight * consistency
 
 
 class _GINAugmentation(NNExtTrainerMixin):
@@ -170,20 +128,17 @@ class _GINAugmentation(NNExtTrainerMixin):
                 f"segmentation as extra channels. Use a 2d or 3d_fullres configuration")
         self._gin = self.gin_config()
         super().initialize()
-        seed = self.gin_seed if self.gin_seed is not None else int(torch.randint(2 ** 62, (1,)).item())
-        self._gin_generator = torch.Generator().manual_seed(rank_seed(seed, self.local_rank))
+        self._gin_rng = MethodGenerator(GIN_GENERATOR_KEY, self.gin_seed, self.local_rank)
+        self._gin_generator = self._gin_rng.generator
         self._gin_epoch: dict[str, list[float]] = {}
 
     def extra_checkpoint_state(self) -> dict[str, Any]:
         """The augmentation generator's state, so ``--c`` continues its random sequence (rank 0's, saved once)."""
-        return {**super().extra_checkpoint_state(), GIN_GENERATOR_KEY: self._gin_generator.get_state()}
+        return {**super().extra_checkpoint_state(), **self._gin_rng.checkpoint_state()}
 
     def load_extra_checkpoint_state(self, checkpoint: dict[str, Any]) -> None:
         super().load_extra_checkpoint_state(checkpoint)
-        # under DDP every rank keeps its own fresh generator (as the toolkit does for the global generators);
-        # checkpoints written before the state was saved resume with a fresh one
-        if GIN_GENERATOR_KEY in checkpoint and not self.is_ddp:
-            self._gin_generator.set_state(checkpoint[GIN_GENERATOR_KEY].cpu())
+        self._gin_rng.restore(checkpoint, self.is_ddp)
 
     def on_train_start(self):
         super().on_train_start()
@@ -257,16 +212,13 @@ class GINIPAMixin(_GINAugmentation):
         super().initialize()
 
     def _build_loss(self) -> PairedConsistencyLoss:
-        self._ipa_loss = PairedConsistencyLoss(super()._build_loss(), self.ipa_consistency_weight)
+        self._ipa_loss = PairedConsistencyLoss(super()._build_loss(), self.ipa_consistency_weight, view_consistency)
         return self._ipa_loss
 
     def train_step(self, batch: dict) -> dict:
         data, target = batch_to_device(batch, self.device)
-        if self.ipa_keep_batch_size and data.shape[0] > 1:
-            keep = torch.randperm(data.shape[0], generator=self._gin_generator)[: data.shape[0] // 2]
-            keep = keep.sort().values.to(data.device)
-            data = data[keep]
-            target = [t[keep] for t in target] if isinstance(target, list) else target[keep]
+        if self.ipa_keep_batch_size:
+            data, target = half_batch(data, target, self._gin_generator)
         with torch.no_grad():
             params = sample_ipa_parameters(data.shape[0], data.shape[1], data.ndim - 2, self._gin,
                                            self.ipa_grid_cells, self._gin_generator, data.device, data.dtype)

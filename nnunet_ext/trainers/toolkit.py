@@ -7,6 +7,10 @@
   AMP); these pieces do the same so they cannot drift from nnU-Net or from each other.
 - :class:`EpochLog`: a method's per-epoch values in a JSON file in the fold folder (``self.logger.log``
   accepts only nnU-Net's own keys), cut back to the checkpoint's epoch when a run resumes with ``--c``.
+- :class:`PairedConsistencyLoss`: nnU-Net's loss plus a consistency term between the two halves of a batch of
+  paired views (GIN-IPA's two views, style consistency's clean and altered views).
+- :class:`MethodGenerator`: a method's own ``torch.Generator`` (augmentation draws), seeded per DDP rank and
+  saved in every checkpoint, so ``--c`` continues its sequence.
 - :class:`NNExtTrainerMixin`: the base of every trainer we export. It writes every checkpoint atomically
   with the method's extra state and the random generators' state, and loads checkpoints without running
   code from them (:func:`~nnunet_ext.utils.checkpoint_io.load_checkpoint_safely`).
@@ -16,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,10 +32,11 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from nnunet_ext.utils.atomic import remove_temporary_files, write_json_atomic
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely, save_torch_atomic
-from nnunet_ext.utils.seeding import get_rng_state, set_rng_state
+from nnunet_ext.utils.seeding import get_rng_state, rank_seed, set_rng_state
 
-__all__ = ["GRAD_CLIP_NORM", "NNUNET_CHECKPOINT_KEYS", "RNG_CHECKPOINT_KEY", "EpochLog", "NNExtTrainerMixin",
-           "amp_context", "backward_and_step", "batch_to_device", "unwrap"]
+__all__ = ["GRAD_CLIP_NORM", "NNUNET_CHECKPOINT_KEYS", "RNG_CHECKPOINT_KEY", "EpochLog", "MethodGenerator",
+           "NNExtTrainerMixin", "PairedConsistencyLoss", "amp_context", "backward_and_step", "batch_to_device",
+           "half_batch", "unwrap"]
 
 #: nnU-Net's gradient-norm clip (``nnUNetTrainer.train_step``)
 GRAD_CLIP_NORM = 12
@@ -44,6 +49,7 @@ NNUNET_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "grad_scaler_sta
 RNG_CHECKPOINT_KEY = "nnext_rng"
 
 Layout = Literal["columns", "records"]
+Target = torch.Tensor | list[torch.Tensor]
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -83,6 +89,100 @@ def backward_and_step(trainer, loss: torch.Tensor) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), GRAD_CLIP_NORM)
         trainer.optimizer.step()
+
+
+class PairedConsistencyLoss(nn.Module):
+    """nnU-Net's loss, plus ``weight * consistency(first half, second half)`` while :meth:`pairing` is active.
+
+    In a paired batch the first half of the samples are one view (GIN-IPA: views a; style consistency: the
+    clean images), the second half the other view of the same cases, with the targets repeated. The
+    consistency uses the full-resolution output (the first of nnU-Net's deep-supervision list). Outside
+    :meth:`pairing` (nnU-Net's validation) it is nnU-Net's loss unchanged.
+
+    Args:
+        segmentation_loss: nnU-Net's loss (``DeepSupervisionWrapper`` or a plain loss).
+        weight: weight of the consistency term.
+        consistency: ``f(logits_first_half, logits_second_half) -> scalar``.
+
+    Attributes:
+        records: ``(segmentation loss, consistency)`` of every paired call, detached.
+    """
+
+    def __init__(self, segmentation_loss: nn.Module, weight: float,
+                 consistency: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.segmentation_loss = segmentation_loss
+        self.weight = float(weight)
+        self.consistency = consistency
+        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._paired = False
+
+    @contextmanager
+    def pairing(self) -> Iterator[None]:
+        """Within this block every call treats its batch as ``[first views; second views]``."""
+        self._paired = True
+        try:
+            yield
+        finally:
+            self._paired = False
+
+    def forward(self, output: torch.Tensor | list[torch.Tensor], target: Target) -> torch.Tensor:
+        segmentation = self.segmentation_loss(output, target)
+        if not self._paired:
+            return segmentation
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        if logits.shape[0] % 2:
+            raise RuntimeError(f"a paired batch needs an even number of samples (first views, then second), got "
+                               f"{logits.shape[0]}")
+        first, second = logits.chunk(2)
+        if not self.weight:  # still measured (for the method's log), but no gradient and no share of the loss
+            with torch.no_grad():
+                self.records.append((segmentation.detach(), self.consistency(first, second)))
+            return segmentation
+        consistency = self.consistency(first, second)
+        self.records.append((segmentation.detach(), consistency.detach()))
+        return segmentation + self.weight * consistency
+
+
+def half_batch(data: torch.Tensor, target: Target, generator: torch.Generator
+               ) -> tuple[torch.Tensor, Target]:
+    """A random half (``B // 2``, at least 1; in batch order) of a batch's samples and their targets.
+
+    For methods that forward two views per sample but must keep nnU-Net's network batch size (GPU memory):
+    both views of half the samples. ``generator`` (CPU) draws the half.
+    """
+    if data.shape[0] < 2:
+        return data, target
+    keep = torch.randperm(data.shape[0], generator=generator)[: data.shape[0] // 2].sort().values.to(data.device)
+    return data[keep], [t[keep] for t in target] if isinstance(target, list) else target[keep]
+
+
+class MethodGenerator:
+    """A method's own ``torch.Generator``: seeded per DDP rank, saved in checkpoints under ``key``.
+
+    Args:
+        key: checkpoint key of its state (unique per method, e.g. ``"nnext_gin_generator"``).
+        seed: the seed; None draws one from torch's global generator (so a seeded run repeats).
+        local_rank: the DDP rank (:func:`~nnunet_ext.utils.seeding.rank_seed` gives each rank its own stream).
+
+    Attributes:
+        generator: the generator (CPU).
+    """
+
+    def __init__(self, key: str, seed: int | None, local_rank: int = 0):
+        self.key = key
+        seed = seed if seed is not None else int(torch.randint(2 ** 62, (1,)).item())
+        self.generator = torch.Generator().manual_seed(rank_seed(seed, local_rank))
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """``{key: state}`` for :meth:`NNExtTrainerMixin.extra_checkpoint_state` (rank 0's, saved once)."""
+        return {self.key: self.generator.get_state()}
+
+    def restore(self, checkpoint: Mapping[str, Any], is_ddp: bool) -> None:
+        """Continue the saved sequence. Under DDP every rank keeps its own fresh generator (as the toolkit does
+        for the global generators); a checkpoint without the key (written before the state was saved) too."""
+        if self.key in checkpoint and not is_ddp:
+            self.generator.set_state(checkpoint[self.key].cpu())
 
 
 class EpochLog:

@@ -23,7 +23,6 @@ from nnunet_ext.core.gin import (
 from nnunet_ext.networks.catenorm import CateNormUNet
 from nnunet_ext.trainers.gin import (
     GIN_LOG_FILENAME,
-    PairedConsistencyLoss,
     nnUNetTrainerCateNormGIN,
     nnUNetTrainerGIN,
     nnUNetTrainerGINDA5,
@@ -31,6 +30,7 @@ from nnunet_ext.trainers.gin import (
     nnUNetTrainerGINIPA_keepBatch,
     nnUNetTrainerStyleCurriculumDA5_smoke,
 )
+from nnunet_ext.trainers.toolkit import PairedConsistencyLoss
 from tests.conftest import count_optimizer_steps, make_trainer
 
 pytestmark = pytest.mark.e2e
