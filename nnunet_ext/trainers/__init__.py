@@ -17,11 +17,13 @@ from nnunet_ext.trainers import (
     gin,
     odex,
     stream,
+    style_consistency,
     style_curriculum,
 )
 
 #: the modules whose ``__all__`` make up this package's namespace
-MODULES = (budget, avagrad, catenorm, fourier_mst, stream, continual_baselines, odex, style_curriculum, gin)
+MODULES = (budget, avagrad, catenorm, fourier_mst, stream, continual_baselines, odex, style_curriculum, gin,
+           style_consistency)
 
 
 def _exports(modules) -> dict[str, object]:

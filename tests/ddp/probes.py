@@ -52,6 +52,11 @@ def training_state(trainer) -> dict[str, Any]:
     }
 
 
+def style_consistency_state(trainer) -> dict[str, Any]:
+    """:func:`training_state` plus the regeneration decoder's weights (outside the network: its own DDP)."""
+    return {**training_state(trainer), "decoder": _cpu(trainer._sc_decoder.state_dict())}
+
+
 # ---------------------------------------------------------------------------------------------------- ODEx
 def record_odex(trainer, stack: ExitStack) -> None:
     """Also record every all-reduce of the ODEx trainer (input and result) and every feature pass's features."""

@@ -41,8 +41,11 @@ RUNS = {
                    instrument=probes.record_odex, probe=probes.odex_state),
     "diceex": DDPRun("nnUNetTrainerDiceEx_smoke", settings={**STREAM, "odex_feature_batches": 3},
                      instrument=probes.record_odex, probe=probes.odex_state),
+    "style_consistency": DDPRun("nnUNetTrainerStyleConsistency_smoke", settings=SHORT,
+                                instrument=probes.record_training_batches, probe=probes.style_consistency_state),
 }
-EPOCHS = {"ewc": 2, "lwf": 2, "fourier_mst": 1, "style_curriculum": 2, "avagrad": 1, "odex": 2, "diceex": 2}
+EPOCHS = {"ewc": 2, "lwf": 2, "fourier_mst": 1, "style_curriculum": 2, "avagrad": 1, "odex": 2, "diceex": 2,
+          "style_consistency": 1}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,12 @@ def method_runs(ddp_workspace, tmp_path_factory):
     runs = [dataclasses.replace(run, name=key) for key, run in RUNS.items()]
     return run_ddp_trainings(runs, str(ddp_workspace.dataset_id), ddp_workspace.env,
                              tmp_path_factory.mktemp("ddp_methods"))
+
+
+def test_style_consistency_regeneration_decoder_is_identical_on_both_ranks(method_runs):
+    r0, r1 = check_ranks(method_runs["style_consistency"])
+    assert_identical(r0["decoder"], r1["decoder"], "regeneration decoder")
+    assert r0["keys"] != r1["keys"]  # each rank trained on its own share: the decoder's gradients were averaged
 
 
 def _validation_cases(ws, trainer: str) -> list[str]:

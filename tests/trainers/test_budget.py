@@ -97,6 +97,8 @@ PINNED = {
     "nnUNetTrainerCateNormGIN_smoke": (2, 4, 1, 0, {"warmup_epochs": 1}),
     "nnUNetTrainerStyleCurriculumDA5_smoke": (2, 4, 1, 0, {"curriculum_warmup_fraction": 0.5,
                                                            "curriculum_start_epoch": 1}),
+    "nnUNetTrainerStyleConsistency_smoke": (8, 20, 2, 0, {"sc_consistency_weight": 10.0,
+                                                          "sc_regeneration_weight": 0.1}),
 }
 
 

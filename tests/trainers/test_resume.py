@@ -20,6 +20,7 @@ from nnunet_ext.trainers.budget import nnUNetTrainerCPU_smoke, resolve_budget_tr
 from nnunet_ext.trainers.catenorm import nnUNetTrainerCateNorm_smoke
 from nnunet_ext.trainers.continual_baselines import nnUNetTrainerEWC_smoke
 from nnunet_ext.trainers.gin import nnUNetTrainerGIN_smoke
+from nnunet_ext.trainers.style_consistency import nnUNetTrainerStyleConsistency_smoke
 from nnunet_ext.trainers.style_curriculum import nnUNetTrainerStyleCurriculum_smoke
 from nnunet_ext.trainers.toolkit import RNG_CHECKPOINT_KEY
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
@@ -35,6 +36,8 @@ CASES = {  # trainer, its JSON log, epochs between periodic checkpoints (None: t
     "layer_speed_grouped": ("nnUNetTrainerSGD_layerspeed_smokeBudget_seed0", "layer_speed.json", 2),
     "ewc_stage_boundary": (nnUNetTrainerEWC_smoke, "ewc.json", None),
     "gin_own_generator": (nnUNetTrainerGIN_smoke, "gin.json", 2),  # its torch.Generator, beside the global ones
+    # a training-only module (the regeneration decoder) with its optimizer group, and the style generator
+    "style_consistency_decoder": (nnUNetTrainerStyleConsistency_smoke, "style_consistency.json", 2),
 }
 
 
