@@ -318,16 +318,17 @@ def inference_cost(work: Path, scenario: str, dataset_dir: Path, seed: int, conf
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
+
     nets, folders = {}, {}
     for name in ("Seq", "ODEx"):
         folders[name] = model_folder(run_dir_of(work, scenario, name, seed), dataset_dir, name, configuration, plans)
-        plans = PlansManager(str(folders[name] / "plans.json"))
-        cm = plans.get_configuration(configuration)
+        manager = PlansManager(str(folders[name] / "plans.json"))
+        cm = manager.get_configuration(configuration)
         dataset_json = json.loads((folders[name] / "dataset.json").read_text())
-        ckpt = torch.load(nnunet_paths.fold_folder(folders[name], 0) / "checkpoint_final.pth", map_location="cpu",
-                          weights_only=False)
+        ckpt = load_checkpoint_safely(nnunet_paths.fold_folder(folders[name], 0) / "checkpoint_final.pth")
         net = trainer_class(ckpt["trainer_name"]).build_network_architecture(
-            plans, cm, len(dataset_json["channel_names"]), len(dataset_json["labels"]), enable_deep_supervision=False)
+            manager, cm, len(dataset_json["channel_names"]), len(dataset_json["labels"]), enable_deep_supervision=False)
         net.load_state_dict(ckpt["network_weights"])
         nets[name] = net.to(device).eval()
     x = torch.randn(1, len(dataset_json["channel_names"]), *cm.patch_size, device=device)

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
 from nnunet_ext.utils.nnunet_paths import dataset_folder, fold_folder, model_folder
 from nnunet_ext.utils.plotting import default_style
 from bench_common import (
@@ -84,7 +85,6 @@ def train(run_dir: Path, dataset_dir: Path, name: str, seed: int, epochs: int, i
           pretrained: Path | None = None, tag: str | None = None, val_iterations: int = 1,
           reinit_heads: bool = False) -> tuple[Path, float]:
     """Train ``name`` in-process (optionally from ``pretrained``); returns the model folder and s per epoch."""
-    import torch
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
     results = run_dir / (tag or name)
@@ -101,7 +101,7 @@ def train(run_dir: Path, dataset_dir: Path, name: str, seed: int, epochs: int, i
         if reinit_heads:  # exactly nnUNetv2_train -pretrained_weights: the 1x1 segmentation heads start anew
             load_pretrained_weights(trainer.network, str(pretrained))
         else:  # same task: keep every weight, heads included
-            trainer.network.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"])
+            trainer.network.load_state_dict(load_checkpoint_safely(pretrained, map_location="cpu")["network_weights"])
     trainer.run_training()
     log = getattr(trainer.logger, "local_logger", trainer.logger).my_fantastic_logging  # nnU-Net 2.8: MetaLogger
     seconds = [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
