@@ -99,3 +99,44 @@ def count_optimizer_steps(trainer) -> list[int]:
 
     trainer.optimizer.step = counted
     return calls
+
+
+def make_batch(trainer, n: int = 2, seed: int = 0) -> dict:
+    """A seeded random nnU-Net training batch for ``trainer``'s 2d patch: data, deep-supervision targets, keys."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(n, 1, *patch, generator=g)
+    target = [torch.randint(0, 3, (n, 1, *[round(p * s) for p, s in zip(patch, sc)]), generator=g).float()
+              for sc in trainer._get_deep_supervision_scales()]
+    return {"data": data, "target": target, "keys": [f"case{i}" for i in range(n)]}
+
+
+def train_with_stock_command(ws: NnunetWorkspace, trainer: str, tmp_path: Path) -> tuple[Path, dict]:
+    """``nnUNetv2_train`` of ``trainer`` on the workspace (fold 0, single-threaded augmenter); returns the fold
+    folder and its final checkpoint (loaded safely)."""
+    from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
+
+    cmd.run_command(cmd.train_argv(ws.dataset_id, "2d", 0, trainer), dict(ws.env, nnUNet_n_proc_DA="0"),
+                    tmp_path / "train.log")
+    fold = ws.model_dir(trainer) / "fold_0"
+    return fold, load_checkpoint_safely(fold / "checkpoint_final.pth")
+
+
+def predict_and_evaluate(ws: NnunetWorkspace, trainer: str, tmp_path: Path) -> dict[str, float]:
+    """Stock ``nnUNetv2_predict`` of the test images with ``trainer``'s model (found by nnU-Net's lookup), then
+    ``nnext evaluate``; returns the mean foreground Dice per domain."""
+    import subprocess
+    import sys
+
+    pred = tmp_path / "pred"
+    cmd.run_command(cmd.predict_argv(ws.dataset_dir / "imagesTs", pred, ws.dataset_id, "2d", 0, trainer),
+                    ws.env, tmp_path / "predict.log")
+    assert f"Using trainer '{trainer}' from:" in (tmp_path / "predict.log").read_text()
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "nnunet_ext", "evaluate", str(pred), "--ref",
+                           str(ws.dataset_dir / "labelsTs"), "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    domains = json.loads((out / "evaluation.json").read_text())["domains"]
+    return {d: v["foreground_mean"]["dice"]["mean"] for d, v in domains.items()}

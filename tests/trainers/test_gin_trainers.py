@@ -31,18 +31,9 @@ from nnunet_ext.trainers.gin import (
     nnUNetTrainerStyleCurriculumDA5_smoke,
 )
 from nnunet_ext.trainers.toolkit import PairedConsistencyLoss
-from tests.conftest import count_optimizer_steps, make_trainer
+from tests.conftest import count_optimizer_steps, make_batch, make_trainer
 
 pytestmark = pytest.mark.e2e
-
-
-def _batch(trainer, n=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    patch = trainer.configuration_manager.patch_size
-    data = torch.randn(n, 1, *patch, generator=g)
-    target = [torch.randint(0, 3, (n, 1, *[round(p * s) for p, s in zip(patch, sc)]), generator=g).float()
-              for sc in trainer._get_deep_supervision_scales()]
-    return {"data": data, "target": target, "keys": [f"case{i}" for i in range(n)]}
 
 
 def _spy_forward(network) -> list[tuple[torch.Tensor, dict]]:
@@ -84,7 +75,7 @@ def test_gin_step_feeds_gin_views_to_the_network(tiny_workspace, monkeypatch, tm
     trainer = make_trainer(nnUNetTrainerGIN, tiny_workspace, monkeypatch, tmp_path)
     trainer.initialize()
     trainer.network.train()
-    batch = _batch(trainer)
+    batch = make_batch(trainer)
     g = _generator_copy(trainer)
     expected = apply_gin(batch["data"], sample_gin_parameters(2, 1, 2, trainer.gin_config(), g))
     calls = _spy_forward(trainer.network)
@@ -103,7 +94,7 @@ def test_gin_ipa_step_two_views_consistency_and_amp_cycle(tiny_workspace, monkey
     assert isinstance(trainer.loss, PairedConsistencyLoss) and trainer.loss.weight == 10.0
     trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=1)
     trainer.network.train()
-    batch = _batch(trainer)
+    batch = make_batch(trainer)
     g = _generator_copy(trainer)
     view_a, view_b = apply_ipa(batch["data"], sample_ipa_parameters(2, 1, 2, trainer.gin_config(), 4, g))
     calls = _spy_forward(trainer.network)
@@ -136,7 +127,7 @@ def test_gin_ipa_keep_batch_feeds_both_views_of_half_the_cases(tiny_workspace, m
     trainer = make_trainer(nnUNetTrainerGINIPA_keepBatch, tiny_workspace, monkeypatch, tmp_path)
     trainer.initialize()
     trainer.network.train()
-    batch = _batch(trainer, n=4)
+    batch = make_batch(trainer, n=4)
     g = _generator_copy(trainer)
     keep = torch.randperm(4, generator=g)[:2].sort().values
     view_a, view_b = apply_ipa(batch["data"][keep], sample_ipa_parameters(2, 1, 2, trainer.gin_config(), 4, g))
@@ -175,7 +166,7 @@ def test_catenorm_gin_applies_both(tiny_workspace, monkeypatch, tmp_path):
     assert isinstance(net, CateNormUNet)
     net.train()
     net.activate_catenorm()
-    batch = _batch(trainer)
+    batch = make_batch(trainer)
     g = _generator_copy(trainer)
     expected = apply_gin(batch["data"], sample_gin_parameters(2, 1, 2, trainer.gin_config(), g))
     calls = _spy_forward(net)
@@ -197,7 +188,7 @@ def test_gin_da5_keeps_da5_pipeline_and_adds_gin(tiny_workspace, monkeypatch, tm
     assert type(trainer).get_training_transforms is nnUNetTrainerDA5.get_training_transforms
     trainer.initialize()
     trainer.network.train()
-    batch = _batch(trainer)
+    batch = make_batch(trainer)
     expected = apply_gin(batch["data"], sample_gin_parameters(2, 1, 2, trainer.gin_config(), _generator_copy(trainer)))
     calls = _spy_forward(trainer.network)
     trainer.train_step(batch)

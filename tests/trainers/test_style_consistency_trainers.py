@@ -22,22 +22,13 @@ from nnunet_ext.trainers.style_consistency import (
     nnUNetTrainerStyleConsistencyDA5,
 )
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
-from tests.conftest import count_optimizer_steps, make_trainer
+from tests.conftest import count_optimizer_steps, make_batch, make_trainer
 
 pytestmark = pytest.mark.e2e
 
 
 class nnUNetTrainerTestGINStyleConsistency(GINMixin, StyleConsistencyMixin, nnUNetTrainer):
     """GIN views as the clean views of style consistency (composition check)."""
-
-
-def _batch(trainer, n=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    patch = trainer.configuration_manager.patch_size
-    data = torch.randn(n, 1, *patch, generator=g)
-    target = [torch.randint(0, 3, (n, 1, *[round(p * s) for p, s in zip(patch, sc)]), generator=g).float()
-              for sc in trainer._get_deep_supervision_scales()]
-    return {"data": data, "target": target, "keys": [f"case{i}" for i in range(n)]}
 
 
 def _spy_forward(network) -> list[torch.Tensor]:
@@ -63,7 +54,7 @@ def test_step_feeds_clean_and_altered_views_and_adds_both_terms(tiny_workspace, 
     trainer = _ready(nnUNetTrainerStyleConsistency, tiny_workspace, monkeypatch, tmp_path)
     loss = trainer.loss
     assert isinstance(loss, StyleConsistencyLoss) and loss.weight == 10.0 and loss.regeneration_weight == 0.1
-    batch = _batch(trainer)
+    batch = make_batch(trainer)
     g = torch.Generator()
     g.set_state(trainer._sc_rng.generator.get_state())
     expected_altered = apply_style(batch["data"], sample_style_parameters(2, 1, batch["data"].shape[2:],
@@ -112,27 +103,27 @@ def test_the_segmentation_network_is_stock(tiny_workspace, monkeypatch, tmp_path
 def test_ablations_and_compositions(tiny_workspace, monkeypatch, tmp_path):
     no_reg = _ready(nnUNetTrainerStyleConsistency_noReg, tiny_workspace, monkeypatch, tmp_path / "a")
     assert no_reg._sc_decoder is None and len(no_reg.optimizer.param_groups) == 1
-    out = no_reg.train_step(_batch(no_reg))
+    out = no_reg.train_step(make_batch(no_reg))
     (seg, cons), = no_reg.loss.records
     np.testing.assert_allclose(out["loss"], float(seg + 10.0 * cons), rtol=1e-5)
 
     plain = _ready(nnUNetTrainerStyleConsistency_augmentOnly, tiny_workspace, monkeypatch, tmp_path / "b")
-    out = plain.train_step(_batch(plain))
+    out = plain.train_step(make_batch(plain))
     (seg, cons), = plain.loss.records
     assert cons > 0 and plain.loss.regeneration_records == []  # measured for the log, not part of the loss
     np.testing.assert_allclose(out["loss"], float(seg), rtol=1e-6)
 
     da5 = _ready(nnUNetTrainerStyleConsistencyDA5, tiny_workspace, monkeypatch, tmp_path / "c")
-    assert np.isfinite(da5.train_step(_batch(da5))["loss"])
+    assert np.isfinite(da5.train_step(make_batch(da5))["loss"])
 
     half = _ready(nnUNetTrainerStyleConsistency_keepBatch, tiny_workspace, monkeypatch, tmp_path / "e")
     calls = _spy_forward(half.network)
-    half.train_step(_batch(half, n=4))
+    half.train_step(make_batch(half, n=4))
     assert calls[0].shape[0] == 4  # both views of 2 of the 4 samples: nnU-Net's network batch
 
     both = _ready(nnUNetTrainerTestGINStyleConsistency, tiny_workspace, monkeypatch, tmp_path / "d")
     calls = _spy_forward(both.network)
-    batch = _batch(both)
+    batch = make_batch(both)
     both.train_step(batch)
     clean = calls[0].chunk(2)[0]
     assert not torch.allclose(clean, batch["data"], atol=1e-2)  # the clean view is GIN's view
@@ -141,7 +132,7 @@ def test_ablations_and_compositions(tiny_workspace, monkeypatch, tmp_path):
 
 def test_checkpoint_holds_the_decoder_and_generator_and_restores_them(tiny_workspace, monkeypatch, tmp_path):
     trainer = _ready(nnUNetTrainerStyleConsistency, tiny_workspace, monkeypatch, tmp_path / "a")
-    trainer.train_step(_batch(trainer))
+    trainer.train_step(make_batch(trainer))
     path = tmp_path / "ckpt.pth"
     trainer.save_checkpoint(str(path))
     ckpt = load_checkpoint_safely(path)
@@ -184,6 +175,6 @@ def test_consistency_in_the_step_is_the_kl_of_the_two_halves(tiny_workspace, mon
         return seg_forward(o, t)
 
     trainer.loss.segmentation_loss.forward = recording
-    trainer.train_step(_batch(trainer))
+    trainer.train_step(make_batch(trainer))
     clean, altered = outputs[0].chunk(2)
     torch.testing.assert_close(trainer.loss.records[0][1], consistency_kl(clean, altered))
