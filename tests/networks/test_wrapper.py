@@ -167,13 +167,16 @@ def test_a_clash_between_plans_and_method_entries_is_refused():
 def test_blank_patches_get_the_plain_output_the_others_the_method(dims):
     net = Doubled(plans_unet(dims)).eval()
     shape = (1,) + (8,) * dims
-    batch = torch.stack([torch.zeros(shape), torch.randn(shape), torch.full(shape, 3.5),
-                         2.0 + 1e-8 * torch.randn(shape)])
+    g = torch.Generator().manual_seed(0)
+    batch = torch.stack([torch.zeros(shape), torch.randn(shape, generator=g), torch.full(shape, 3.5),
+                         2.0 + 1e-8 * torch.randn(shape, generator=g)])
     with torch.no_grad():
         out = net(batch)
         plain = torch.cat([net.net(batch[i:i + 1]) for i in range(4)])
     for i, blank in enumerate([True, False, True, True]):
-        torch.testing.assert_close(out[i], plain[i] if blank else 2 * plain[i])
+        # a batch of 4 and single samples take different float32 convolution paths on some CPUs (seen: 2.5e-5
+        # apart in 3D); the method's factor 2 is far outside this tolerance
+        torch.testing.assert_close(out[i], plain[i] if blank else 2 * plain[i], atol=1e-4, rtol=1e-4)
 
 
 def test_near_constant_channels_limits():
