@@ -253,8 +253,7 @@ def _stream_test_inputs(dataset_dir: Path) -> dict[str, list[str]]:
 
     ending = json.loads((dataset_dir / "dataset.json").read_text())["file_ending"]
     cases = [c for s in read_stream(dataset_dir / "stream.json").stages for c in s.test]
-    return {c: sorted(str(p) for p in (dataset_dir / "imagesTs").glob(f"{c}_[0-9][0-9][0-9][0-9]{ending}"))
-            for c in cases}
+    return nnunet_paths.case_image_files(dataset_dir / "imagesTs", cases, ending)
 
 
 def _predict_folder(model: Path, checkpoint: str, dataset_dir: Path, out: Path, device: str) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nnunet_ext.cli.main import UserError
 from nnunet_ext.utils.checkpoint_io import refuse_unsafe_checkpoints
-from nnunet_ext.utils.nnunet_paths import Fold, fold_folder, parse_fold
+from nnunet_ext.utils.nnunet_paths import Fold, case_image_files, fold_folder, parse_fold
 
 #: name of the checkpoint of the model after stage K that stream trainers write in the fold folder
 STAGE_CHECKPOINT = "checkpoint_stage_{stage}.pth"
@@ -181,7 +181,7 @@ def _predict_after_stages(model: Path, fold: Fold, checkpoints: list[str], strea
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     cases = [c for s in stream.stages for c in s.test]
-    inputs = {c: sorted(str(p) for p in images.glob(f"{c}_[0-9][0-9][0-9][0-9]{file_ending}")) for c in cases}
+    inputs = case_image_files(images, cases, file_ending)
     missing = [c for c, files in inputs.items() if not files]
     if missing:
         raise UserError(f"no images of {len(missing)} test case(s) in {images}: {missing[:5]}; pass --images DIR")

@@ -38,7 +38,7 @@ non-zero voxels of those channels are altered.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -123,12 +123,8 @@ class StyleConsistencyLoss(PairedConsistencyLoss):
         """Pair the calls in this block, with ``clean`` as the regeneration target."""
         self._clean = clean
         try:
-            if self.capture is not None:
-                with self.capture.active(), self.pairing():
-                    yield
-            else:
-                with self.pairing():
-                    yield
+            with self.capture.active() if self.capture is not None else nullcontext(), self.pairing():
+                yield
         finally:
             self._clean = None
 

@@ -172,3 +172,10 @@ def trained_folds(model_folder: str | os.PathLike, checkpoint: str) -> dict[str,
         found[fold] = path
     order = sorted(found, key=lambda f: (f == "all", f if isinstance(f, int) else 0))
     return {str(f): found[f] for f in order}
+
+
+def case_image_files(images: str | os.PathLike, cases: list[str], file_ending: str) -> dict[str, list[str]]:
+    """Per case id, its channel files ``<case>_XXXX<file_ending>`` in ``images`` (sorted; empty if none), in the
+    list-of-lists form nnU-Net's predictor takes."""
+    images = Path(images)
+    return {c: sorted(str(f) for f in images.glob(f"{c}_[0-9][0-9][0-9][0-9]{file_ending}")) for c in cases}
