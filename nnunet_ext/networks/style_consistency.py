@@ -13,15 +13,13 @@ regeneration network at inference.
   1 x 1 convolution to the image channels. No skip connections: a skip would hand the decoder the
   altered image's high-resolution features, and regeneration could succeed by undoing the alteration locally
   instead of requiring style-free features where the paper puts them (after the feature extractor).
-* :class:`FeatureCapture`: a forward hook on the encoder that keeps its last output while
-  :meth:`~FeatureCapture.active` is set, so the bottleneck of the ordinary forward pass (through DDP and any
-  other wrapper) feeds the regeneration decoder without a second encoder pass.
+* :class:`~nnunet_ext.networks.feature_capture.FeatureCapture` (its own module, shared with AIVA): the bottleneck
+  of the ordinary
+  forward pass (through DDP and any other wrapper) feeds the regeneration decoder without a second encoder pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,7 +27,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_co
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 
-__all__ = ["FeatureCapture", "RegenerationDecoder"]
+__all__ = ["RegenerationDecoder"]
 
 
 def _convs_in(stage: nn.Module) -> int:
@@ -84,57 +82,3 @@ class RegenerationDecoder(nn.Module):
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(bottleneck))
-
-
-class FeatureCapture:
-    """Keeps the bottleneck of ``encoder``'s forward passes while :meth:`active`.
-
-    Works for encoders that return a list of skips (nnU-Net's, the last is the bottleneck) or a tensor.
-    The captured tensor keeps its autograd graph: a loss on it trains the encoder.
-
-    Args:
-        encoder: the module to hook (the plans network's ``encoder``, inside any DDP / compile wrapper).
-
-    Attributes:
-        outputs: the bottlenecks captured since :meth:`active` was entered, in call order.
-    """
-
-    def __init__(self, encoder: nn.Module):
-        self.outputs: list[torch.Tensor] = []
-        self._active = False
-        self._handle = encoder.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._active:
-            self.outputs.append(output[-1] if isinstance(output, (list, tuple)) else output)
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """Capture within this block; the captures are dropped when it ends (no graph outlives the step)."""
-        self.outputs.clear()
-        self._active = True
-        try:
-            yield
-        finally:
-            self._active = False
-            self.outputs.clear()
-
-    def take_latest(self) -> torch.Tensor:
-        """The most recent capture (the forward pass a loss is computed on); earlier ones are dropped.
-
-        A trainer may run the encoder more than once before its loss (CateNorm's no-gradient pass for the mask,
-        then the pass that is trained): the last pass is the one whose output the loss sees.
-
-        Raises:
-            RuntimeError: nothing was captured (the encoder did not run inside :meth:`active`).
-        """
-        if not self.outputs:
-            raise RuntimeError("no encoder output was captured: the network's encoder did not run inside "
-                               "FeatureCapture.active()")
-        latest = self.outputs[-1]
-        self.outputs.clear()
-        return latest
-
-    def remove(self) -> None:
-        """Remove the hook."""
-        self._handle.remove()

@@ -1,9 +1,9 @@
 """EWC and LwF (the ODEx paper's continual-learning baselines) as nnU-Net stream trainers.
 
 Both train one network through the stages of the dataset's ``stream.json`` with
-:class:`~nnunet_ext.trainers.stream.StreamTrainerMixin` and add one term to nnU-Net's loss in
-:meth:`ContinualRegularizerMixin.train_step` (nnU-Net's own step otherwise: AMP autocast and ``GradScaler``
-on CUDA, gradient clipping at 12, deep supervision). The algorithms are in
+:class:`~nnunet_ext.trainers.stream.StreamTrainerMixin` and add one term to nnU-Net's loss with the toolkit's
+:class:`~nnunet_ext.trainers.toolkit.RegularizedStepMixin` (nnU-Net's own step otherwise: AMP autocast and
+``GradScaler`` on CUDA, gradient clipping at 12, deep supervision). The algorithms are in
 :mod:`nnunet_ext.core.continual_regularizers`.
 
 * **EWC** (:class:`EWCMixin`): at the end of every stage (``on_stage_end``, the stage's training loader
@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
@@ -42,54 +41,21 @@ from nnunet_ext.core.continual_regularizers import (
 )
 from nnunet_ext.trainers.budget import BudgetMixin
 from nnunet_ext.trainers.stream import StreamTrainerMixin
-from nnunet_ext.trainers.toolkit import EpochLog, amp_context, backward_and_step, batch_to_device, unwrap
+from nnunet_ext.trainers.toolkit import RegularizedStepMixin, amp_context, batch_to_device, unwrap
 
 __all__ = ["ContinualRegularizerMixin", "EWCMixin", "LwFMixin", "nnUNetTrainerEWC", "nnUNetTrainerEWC_50epochs",
            "nnUNetTrainerEWC_smoke", "nnUNetTrainerLwF", "nnUNetTrainerLwF_50epochs", "nnUNetTrainerLwF_smoke"]
 
 
-class ContinualRegularizerMixin(StreamTrainerMixin):
-    """nnU-Net's train step with one extra loss term from :meth:`regularization_loss`, logged per epoch.
+class ContinualRegularizerMixin(StreamTrainerMixin, RegularizedStepMixin):
+    """A stream trainer with one extra loss term (:class:`~nnunet_ext.trainers.toolkit.RegularizedStepMixin`),
+    its per-epoch log with the stage."""
 
-    Attributes:
-        continual_log_filename: per-epoch JSON log in the fold folder (epoch, stage, mean segmentation
-            loss, mean regularization term).
-    """
+    regularization_log_filename = "continual.json"
+    regularization_log_columns = ("stage",)
 
-    continual_log_filename: str = "continual.json"
-
-    def regularization_loss(self, data: torch.Tensor, output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | None:
-        """The extra term for this batch (float32 scalar), or None while the method is inactive (stage 0)."""
-        return None
-
-    def on_train_start(self):
-        super().on_train_start()
-        self._continual_log = EpochLog.for_trainer(
-            self, self.continual_log_filename, columns=("stage", "train_loss_segmentation", "train_regularization"))
-        self._step_terms: list[tuple[float, float]] = []
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self._step_terms = []
-
-    def train_step(self, batch: dict) -> dict:
-        data, target = batch_to_device(batch, self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        with amp_context(self.device):
-            output = self.network(data)
-            seg_loss = self.loss(output, target)
-        extra = self.regularization_loss(data, output)
-        loss = seg_loss if extra is None else seg_loss + extra
-        backward_and_step(self, loss)
-        self._step_terms.append((seg_loss.item(), 0.0 if extra is None else extra.item()))
-        return {"loss": loss.detach().cpu().numpy()}
-
-    def on_train_epoch_end(self, train_outputs: list[dict]):
-        super().on_train_epoch_end(train_outputs)
-        self._continual_log.append(self.current_epoch, {
-            "stage": self.current_stage,
-            "train_loss_segmentation": float(np.mean([s for s, _ in self._step_terms])),
-            "train_regularization": float(np.mean([r for _, r in self._step_terms]))})
+    def regularization_log_values(self) -> dict[str, Any]:
+        return {"stage": self.current_stage}
 
 
 class EWCMixin(ContinualRegularizerMixin):
@@ -107,7 +73,7 @@ class EWCMixin(ContinualRegularizerMixin):
     ewc_mode: ConsolidationMode = "sum"
     ewc_gamma: float = 1.0
     ewc_fisher_batches: int = 50
-    continual_log_filename = "ewc.json"
+    regularization_log_filename = "ewc.json"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -196,7 +162,7 @@ class LwFMixin(ContinualRegularizerMixin):
 
     lwf_temperature: float = 2.0
     lwf_alpha: float = 1.0
-    continual_log_filename = "lwf.json"
+    regularization_log_filename = "lwf.json"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

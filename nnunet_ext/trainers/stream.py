@@ -30,23 +30,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import (
-    NonDetMultiThreadedAugmenter,
-)
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.streams import Stream, find_stream_file, read_stream
 from nnunet_ext.trainers.budget import BudgetMixin
-from nnunet_ext.trainers.toolkit import NNExtTrainerMixin
+from nnunet_ext.trainers.toolkit import NNExtTrainerMixin, shutdown_augmenters
 from nnunet_ext.utils.atomic import atomic_path
 
 __all__ = ["STREAM_CHECKPOINT_KEY", "StagewisePolyLR", "StreamTrainerMixin", "nnUNetTrainerSequential",
@@ -212,15 +207,7 @@ class StreamTrainerMixin(NNExtTrainerMixin):
         self.dataloader_train, self.dataloader_val = self.get_dataloaders()
 
     def _shutdown_dataloaders(self) -> None:
-        old_stdout = sys.stdout
-        with open(os.devnull, "w") as devnull:
-            sys.stdout = devnull  # batchgenerators prints while shutting down its workers
-            try:
-                for loader in (self.dataloader_train, self.dataloader_val):
-                    if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
-                        loader._finish()
-            finally:
-                sys.stdout = old_stdout
+        shutdown_augmenters(self.dataloader_train, self.dataloader_val)
         self.dataloader_train = self.dataloader_val = None
 
     def _finish_stage(self, stage: int) -> None:

@@ -56,7 +56,8 @@ from nnunet_ext.core.style_consistency import (
     regeneration_mse,
     sample_style_parameters,
 )
-from nnunet_ext.networks.style_consistency import FeatureCapture, RegenerationDecoder
+from nnunet_ext.networks.feature_capture import FeatureCapture
+from nnunet_ext.networks.style_consistency import RegenerationDecoder
 from nnunet_ext.trainers.budget import BudgetMixin
 from nnunet_ext.trainers.toolkit import (
     EpochLog,

@@ -7,6 +7,8 @@
   AMP); these pieces do the same so they cannot drift from nnU-Net or from each other.
 - :class:`EpochLog`: a method's per-epoch values in a JSON file in the fold folder (``self.logger.log``
   accepts only nnU-Net's own keys), cut back to the checkpoint's epoch when a run resumes with ``--c``.
+- :class:`RegularizedStepMixin`: nnU-Net's train step with one extra loss term (EWC, LwF, L2-SP), the mean
+  segmentation loss and term logged per epoch.
 - :class:`PairedConsistencyLoss`: nnU-Net's loss plus a consistency term between the two halves of a batch of
   paired views (GIN-IPA's two views, style consistency's clean and altered views).
 - :class:`MethodGenerator`: a method's own ``torch.Generator`` (augmentation draws), seeded per DDP rank and
@@ -21,11 +23,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -35,8 +39,9 @@ from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely, save_torch_at
 from nnunet_ext.utils.seeding import get_rng_state, rank_seed, set_rng_state
 
 __all__ = ["GRAD_CLIP_NORM", "NNUNET_CHECKPOINT_KEYS", "RNG_CHECKPOINT_KEY", "EpochLog", "MethodGenerator",
-           "NNExtTrainerMixin", "PairedConsistencyLoss", "amp_context", "backward_and_step", "batch_to_device",
-           "half_batch", "unwrap"]
+           "NNExtTrainerMixin", "PairedConsistencyLoss", "RegularizedStepMixin", "amp_context", "backward_and_step",
+           "batch_to_device",
+           "half_batch", "shutdown_augmenters", "unwrap"]
 
 #: nnU-Net's gradient-norm clip (``nnUNetTrainer.train_step``)
 GRAD_CLIP_NORM = 12
@@ -57,6 +62,17 @@ def unwrap(network: nn.Module) -> nn.Module:
     if isinstance(network, (DistributedDataParallel, DataParallel)):
         network = network.module
     return getattr(network, "_orig_mod", network)
+
+
+def shutdown_augmenters(*loaders: Any) -> None:
+    """Stop the worker processes of nnU-Net data loaders (multi-threaded augmenters); others are left as they are.
+
+    batchgenerators prints while its workers shut down; that output is swallowed.
+    """
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+        for loader in loaders:
+            if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
+                loader._finish()
 
 
 def batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
@@ -460,3 +476,59 @@ class NNExtTrainerMixin:
             self.print_to_log_file(f"removed {len(removed)} temporary checkpoint file(s) of an interrupted earlier "
                                    f"run: {[p.name for p in removed]}")
         return removed
+
+
+class RegularizedStepMixin(NNExtTrainerMixin):
+    """nnU-Net's train step with one extra loss term from :meth:`regularization_loss`, logged per epoch.
+
+    The step is nnU-Net's own (AMP autocast and ``GradScaler`` on CUDA, gradient clipping at 12, deep
+    supervision) with ``loss = segmentation loss + regularization_loss(data, output)``; the per-epoch means of
+    both go to :attr:`regularization_log_filename` in the fold folder, with the values of
+    :meth:`regularization_log_values` as extra columns.
+
+    Attributes:
+        regularization_log_filename: the per-epoch JSON log in the fold folder.
+        regularization_log_columns: the names of the extra columns :meth:`regularization_log_values` fills.
+    """
+
+    regularization_log_filename: str = "regularization.json"
+    regularization_log_columns: tuple[str, ...] = ()
+
+    def regularization_loss(self, data: torch.Tensor, output: Target) -> torch.Tensor | None:
+        """Hook: the extra term for this batch (float32 scalar), or None while the method is inactive."""
+        return None
+
+    def regularization_log_values(self) -> dict[str, Any]:
+        """Hook: this epoch's values of :attr:`regularization_log_columns`."""
+        return {}
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._regularization_log = EpochLog.for_trainer(
+            self, self.regularization_log_filename,
+            columns=(*self.regularization_log_columns, "train_loss_segmentation", "train_regularization"))
+        self._step_terms: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._step_terms = []
+
+    def train_step(self, batch: dict) -> dict:
+        data, target = batch_to_device(batch, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with amp_context(self.device):
+            output = self.network(data)
+            seg_loss = self.loss(output, target)
+        extra = self.regularization_loss(data, output)
+        loss = seg_loss if extra is None else seg_loss + extra
+        backward_and_step(self, loss)
+        self._step_terms.append((seg_loss.item(), 0.0 if extra is None else extra.item()))
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        terms = self._step_terms or [(float("nan"), float("nan"))]
+        self._regularization_log.append(self.current_epoch, {
+            **self.regularization_log_values(),
+            "train_loss_segmentation": sum(s for s, _ in terms) / len(terms),
+            "train_regularization": sum(r for _, r in terms) / len(terms)})

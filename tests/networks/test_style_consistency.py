@@ -7,7 +7,8 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from nnunet_ext.networks.style_consistency import FeatureCapture, RegenerationDecoder
+from nnunet_ext.networks.feature_capture import FeatureCapture
+from nnunet_ext.networks.style_consistency import RegenerationDecoder
 
 
 def _unet(dim: int, cls=PlainConvUNet, in_channels: int = 1):

@@ -38,7 +38,7 @@ def _ckpt(trainer, name: str) -> dict:
 
 
 def _log(trainer) -> dict:
-    return json.loads((Path(trainer.output_folder) / trainer.continual_log_filename).read_text())
+    return json.loads((Path(trainer.output_folder) / trainer.regularization_log_filename).read_text())
 
 
 def _fixed_batches(trainer, n: int, seed: int = 0) -> list[dict]:
