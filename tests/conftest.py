@@ -13,6 +13,13 @@ from nnunet_ext.utils import nnunet_commands as cmd
 
 TINY_ID = 997
 SMOKE_TRAINER = "nnUNetTrainerCPU_smoke"
+#: the tiny brain-scanners dataset (6 subjects x 6 simulated scanners, 4 mm)
+SCANNERS_ID = 989
+#: its single-source fold of siemens_3 (fold order: siemens_15, siemens_3, ge_15, ge_3, philips_15, philips_3)
+SCANNERS_SOURCE_FOLD = 1
+#: stock nnU-Net at the benchmark tests' budget, seed 0: the source model of the site-adaptation tests (the benchmark
+#: e2e trains the same run on the same fold, so in the default run it is trained once)
+SCANNERS_SOURCE_TRAINER = "nnUNetTrainer_microBudget_seed0"
 
 
 def environ_with(updates: dict[str, str | None]) -> dict[str, str]:
@@ -40,19 +47,49 @@ class NnunetWorkspace:
         return self.results / self.dataset_dir.name / f"{trainer}__nnUNetPlans__{configuration}"
 
 
+def _planned_workspace(root: Path, dataset_id: int, build) -> NnunetWorkspace:
+    raw, pre, res = root / "nnUNet_raw", root / "nnUNet_preprocessed", root / "nnUNet_results"
+    for d in (raw, pre, res):
+        d.mkdir()
+    dataset_dir = build(raw)
+    env = cmd.nnunet_env(raw, pre, res)
+    cmd.run_command(cmd.plan_and_preprocess_argv(dataset_id, ["2d"]), env, root / "logs" / "plan.log")
+    return NnunetWorkspace(root, raw, pre, res, dataset_id, dataset_dir, env)
+
+
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory) -> NnunetWorkspace:
     """The tiny MNI152 tissue dataset, built and preprocessed (2d) with the stock planner."""
     from nnunet_ext.dataset_conversion.demo_data import build_demo_dataset
 
-    root = tmp_path_factory.mktemp("nnunet")
-    raw, pre, res = root / "nnUNet_raw", root / "nnUNet_preprocessed", root / "nnUNet_results"
-    for d in (raw, pre, res):
-        d.mkdir()
-    dataset_dir = build_demo_dataset("mni_tissue", TINY_ID, raw, seed=0, profile="tiny")
-    env = cmd.nnunet_env(raw, pre, res)
-    cmd.run_command(cmd.plan_and_preprocess_argv(TINY_ID, ["2d"]), env, root / "logs" / "plan.log")
-    return NnunetWorkspace(root, raw, pre, res, TINY_ID, dataset_dir, env)
+    return _planned_workspace(tmp_path_factory.mktemp("nnunet"), TINY_ID,
+                              lambda raw: build_demo_dataset("mni_tissue", TINY_ID, raw, seed=0, profile="tiny"))
+
+
+@pytest.fixture(scope="session")
+def scanners_workspace(tmp_path_factory) -> NnunetWorkspace:
+    """The tiny brain-scanners dataset (one single-source fold per scanner), built and preprocessed (2d) with the
+    stock planner; shared by the benchmark and site-adaptation tests."""
+    from nnunet_ext.dataset_conversion.demo_data import demo_dataset
+
+    def build(raw):
+        return demo_dataset("brain_scanners").build(SCANNERS_ID, raw, seed=0, profile="tiny")
+
+    return _planned_workspace(tmp_path_factory.mktemp("scanners"), SCANNERS_ID, build)
+
+
+@pytest.fixture(scope="session")
+def scanners_source_model(scanners_workspace) -> Path:
+    """Stock nnU-Net (micro budget, seed 0) trained with ``nnUNetv2_train`` on the siemens_3 fold: the source model
+    of the site-adaptation tests (its model folder); reused when the benchmark e2e has trained it already."""
+    ws = scanners_workspace
+    model_dir = ws.model_dir(SCANNERS_SOURCE_TRAINER)
+    final = model_dir / f"fold_{SCANNERS_SOURCE_FOLD}" / "checkpoint_final.pth"
+    if not final.is_file():
+        cmd.run_command(cmd.train_argv(ws.dataset_id, "2d", SCANNERS_SOURCE_FOLD, SCANNERS_SOURCE_TRAINER),
+                        dict(ws.env, nnUNet_n_proc_DA="0"), ws.root / "logs" / "train_source.log")
+    assert final.is_file()
+    return model_dir
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +103,18 @@ def smoke_model(tiny_workspace) -> Path:
     return model_dir
 
 
+@pytest.fixture(scope="session")
+def adaptation_fold(scanners_workspace, scanners_source_model):
+    """A site-adaptation fold of the scanners workspace: the siemens_3 source model -> ge_15, 1 labelled subject."""
+    from nnunet_ext.adaptation import define_adaptation_fold
+    from nnunet_ext.domains import load_domains
+
+    ws = scanners_workspace
+    return define_adaptation_fold(
+        ws.preprocessed / ws.dataset_dir.name, load_domains(ws.dataset_dir / "domains.json"), SCANNERS_SOURCE_FOLD,
+        scanners_source_model / f"fold_{SCANNERS_SOURCE_FOLD}" / "checkpoint_final.pth", "ge_15", 1, seed=0)
+
+
 def use_workspace_env(ws, monkeypatch, results):
     """Point nnU-Net's environment variables at the workspace (results in ``results``) for in-process trainers."""
     for var in ("nnUNet_raw", "nnUNet_preprocessed"):
@@ -73,8 +122,8 @@ def use_workspace_env(ws, monkeypatch, results):
     monkeypatch.setenv("nnUNet_results", str(results))
 
 
-def make_trainer(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3):
-    """An in-process trainer of ``cls`` on the workspace's 2d plans, fold 0, CPU, a tiny budget."""
+def make_trainer(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3, fold=0):
+    """An in-process trainer of ``cls`` on the workspace's 2d plans, ``fold``, CPU, a tiny budget."""
     use_workspace_env(ws, monkeypatch, tmp_path / "results")
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     pre = ws.preprocessed / ws.dataset_dir.name
@@ -83,7 +132,7 @@ def make_trainer(cls, ws, monkeypatch, tmp_path, epochs=2, iterations=3):
     dataset_json = json.loads((pre / "dataset.json").read_text())
     import torch
 
-    trainer = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    trainer = cls(plans, "2d", fold, dataset_json, device=torch.device("cpu"))
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, 1
     return trainer
 

@@ -20,7 +20,7 @@ from nnunet_ext.utils.nnunet_paths import nnunet_folder
 #: sub-command modules in ``nnunet_ext.cli``, in the order ``nnext --help`` lists them
 SUBCOMMAND_MODULES: tuple[str, ...] = ("doctor", "demo", "demo_data", "convert", "stream", "evaluate",
                                        "evaluate_continual", "benchmark", "plot_layer_speed", "fda", "plans",
-                                       "catenorm", "odex")
+                                       "catenorm", "odex", "adapt")
 
 
 class UserError(Exception):

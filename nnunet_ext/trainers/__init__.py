@@ -16,6 +16,7 @@ from nnunet_ext.trainers import (
     fourier_mst,
     gin,
     odex,
+    site_adaptation,
     stream,
     style_consistency,
     style_curriculum,
@@ -23,7 +24,7 @@ from nnunet_ext.trainers import (
 
 #: the modules whose ``__all__`` make up this package's namespace
 MODULES = (budget, avagrad, catenorm, fourier_mst, stream, continual_baselines, odex, style_curriculum, gin,
-           style_consistency)
+           style_consistency, site_adaptation)
 
 
 def _exports(modules) -> dict[str, object]:

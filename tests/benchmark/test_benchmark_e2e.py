@@ -7,18 +7,16 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import pytest
 
 from nnunet_ext.cli.main import main
-from nnunet_ext.dataset_conversion.demo_data import demo_dataset
-from nnunet_ext.utils import nnunet_commands as cmd
+from tests.conftest import SCANNERS_ID
 
 pytestmark = pytest.mark.e2e
 
-DATASET_ID = 989
+DATASET_ID = SCANNERS_ID
 FOLD = "1"  # siemens_3 (fold order of splits_final.json: siemens_15, siemens_3, ge_15, ge_3, philips_15, philips_3)
 
 
@@ -46,13 +44,10 @@ def nnext_here(monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory):
+def benchmark_run(scanners_workspace, tmp_path_factory):
+    ws = scanners_workspace
+    dataset, env = ws.dataset_dir, ws.env
     root = tmp_path_factory.mktemp("benchmark")
-    raw, pre, res = root / "raw", root / "pre", root / "res"
-    for d in (raw, pre, res):
-        d.mkdir()
-    dataset = demo_dataset("brain_scanners").build(DATASET_ID, raw, seed=0, profile="tiny")
-    env = cmd.nnunet_env(raw, pre, res)
     out = root / "bench"
     args = [str(DATASET_ID), "--budget", "micro", "--seeds", "0", "--folds", FOLD, "-o", str(out), "--disable-tta"]
     first = _nnext(args, env)
