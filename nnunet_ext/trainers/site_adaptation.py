@@ -28,6 +28,10 @@ trainer                             what it trains
 ``nnUNetTrainerOCTL_Adam``          Adam with the source Adam's moments, betas 0.99 / 0.999, bias correction from
                                     step 100 (Algorithm 3); the source must be trained with Adam (e.g. nnU-Net's
                                     ``nnUNetTrainerVanillaAdam1en3``)
+``nnUNetTrainerSpotTUNet``          every layer twice (frozen source copy, fine-tuned copy), chosen per image by a
+                                    policy network (Gumbel-softmax), loss + a penalty on fine-tuned layers
+                                    (:mod:`nnunet_ext.networks.spottune`); about 2x the convolution cost, at
+                                    inference too
 ``nnUNetTrainerAIVA``               unsupervised (an unlabelled fold): source segmentation loss + alignment of the
                                     target's bottleneck clusters to the source's (AIVA, Goodman et al. DART 2022)
 ==================================  ===============================================================================
@@ -61,6 +65,7 @@ from nnunet_ext.core.site_adaptation import (
     mmtl_target_count,
 )
 from nnunet_ext.networks.feature_capture import FeatureCapture
+from nnunet_ext.networks.spottune import SpotTUNet
 from nnunet_ext.trainers.budget import FixedEpochsMixin
 from nnunet_ext.trainers.toolkit import (
     EpochLog,
@@ -74,9 +79,10 @@ from nnunet_ext.trainers.toolkit import (
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
 
 __all__ = ["ADAPTATION_CHECKPOINT_KEY", "AIVA_LAMBDA_KEY", "L2SP_ANCHOR_KEY", "AIVAMixin", "FreezeMixin", "L2SPMixin",
-           "MMTLMixin", "OCTLMixin", "SiteAdaptationMixin", "nnUNetTrainerAIVA", "nnUNetTrainerFineTuneAll",
-           "nnUNetTrainerFineTuneAll_Adam", "nnUNetTrainerFineTuneFirst", "nnUNetTrainerFineTuneLast",
-           "nnUNetTrainerL2SP", "nnUNetTrainerMMTL", "nnUNetTrainerOCTL", "nnUNetTrainerOCTL_Adam"]
+           "MMTLMixin", "OCTLMixin", "SiteAdaptationMixin", "SpotTUNetMixin", "nnUNetTrainerAIVA",
+           "nnUNetTrainerFineTuneAll", "nnUNetTrainerFineTuneAll_Adam", "nnUNetTrainerFineTuneFirst",
+           "nnUNetTrainerFineTuneLast", "nnUNetTrainerL2SP", "nnUNetTrainerMMTL", "nnUNetTrainerOCTL",
+           "nnUNetTrainerOCTL_Adam", "nnUNetTrainerSpotTUNet"]
 
 #: checkpoint key of the adaptation fold's definition (provenance: source model, target site, labelled subjects)
 ADAPTATION_CHECKPOINT_KEY = "nnext_adaptation"
@@ -117,6 +123,10 @@ class SiteAdaptationMixin(FixedEpochsMixin):
     def epoch_log_values(self) -> dict[str, Any]:
         """Hook: this epoch's method values for :attr:`log_filename`."""
         return {}
+
+    def load_source_weights(self, network: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Hook: put the source checkpoint's ``network_weights`` into ``network`` (default: strictly, every key)."""
+        network.load_state_dict(weights)
 
     # ---------------------------------------------------------------- nnU-Net overrides
     def initialize(self):
@@ -192,7 +202,7 @@ class SiteAdaptationMixin(FixedEpochsMixin):
         checkpoint = load_checkpoint_safely(path, map_location=self.device)
         network = unwrap(self.network)
         try:
-            network.load_state_dict(checkpoint["network_weights"])
+            self.load_source_weights(network, checkpoint["network_weights"])
         except (KeyError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"the source checkpoint {path} does not fit this network ({first}); the source model must "
@@ -408,6 +418,55 @@ class AIVAMixin(SiteAdaptationMixin):
                                      seed=self.current_epoch)
 
 
+class SpotTUNetMixin(RegularizedStepMixin, SiteAdaptationMixin):
+    """SpotTUNet: the network is :class:`~nnunet_ext.networks.spottune.SpotTUNet` (every layer a frozen source
+    copy and a fine-tuned copy, chosen per image by a policy network); both copies start from the source weights;
+    the loss adds ``spottune_lambda * mean_batch sum_l (1 - I_l(x))`` (``I_l = 1``: layer ``l`` frozen), the paper's
+    penalty on the number of fine-tuned layers. Per epoch, the share of images that froze each layer goes to
+    ``site_adaptation.json`` (the policy figure of Zakazov et al. / Sheikh et al. Fig. 5).
+
+    Attributes:
+        spottune_lambda: the penalty weight (not from the paper, which does not give it; not tuned).
+        spottune_temperature: the Gumbel-softmax temperature.
+    """
+
+    spottune_lambda: float = 0.005
+    spottune_temperature: float = 0.1
+    regularization_log_filename = "spottune.json"
+    _gate_sums: torch.Tensor | None = None
+    _gate_count: int = 0
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> SpotTUNet:
+        """Called by nnU-Net at training *and* inference (no trainer instance): the plans network, wrapped."""
+        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
+        return SpotTUNet(unet, unet.encoder.conv_op, num_input_channels, temperature=cls.spottune_temperature)
+
+    def load_source_weights(self, network, weights):
+        network.load_plain_state_dict(weights)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._gate_sums: torch.Tensor | None = None
+        self._gate_count = 0
+
+    def regularization_loss(self, data, output):
+        gates = unwrap(self.network).last_gates
+        frozen = gates.detach().sum(0).cpu()
+        self._gate_sums = frozen if self._gate_sums is None else self._gate_sums + frozen
+        self._gate_count += len(gates)
+        return self.spottune_lambda * (1 - gates).sum(1).mean()
+
+    def epoch_log_values(self) -> dict[str, Any]:
+        if self._gate_sums is None:
+            return super().epoch_log_values()
+        share = (self._gate_sums / max(self._gate_count, 1)).tolist()
+        names = unwrap(self.network).layer_names
+        return {**super().epoch_log_values(), "frozen_share": dict(zip(names, share, strict=True))}
+
+
 class AdamMixin(SiteAdaptationMixin):
     """Adam (nnU-Net's weight decay, poly schedule) in place of nnU-Net's SGD, betas :attr:`adam_betas`."""
 
@@ -453,6 +512,10 @@ class nnUNetTrainerOCTL(OCTLMixin, nnUNetTrainer):
         for group in optimizer.param_groups:
             group["momentum"] = OCTL_SGD_MOMENTUM
         return optimizer, scheduler
+
+
+class nnUNetTrainerSpotTUNet(SpotTUNetMixin, nnUNetTrainer):
+    """SpotTUNet fine-tuning (per-image choice between frozen and fine-tuned copies of every layer)."""
 
 
 class nnUNetTrainerAIVA(AIVAMixin, nnUNetTrainer):

@@ -79,11 +79,16 @@ def test_fresh_venv_install_discovery_uninstall(tmp_path, editable, smoke_model,
               dict(env, NNUNET_EXT_NO_AUTODISCOVERY="1")).stdout.strip()
     assert out == "<unset>"
 
-    # nnUNetv2_train resolves our trainer by name (it then resumes-or-trains; one smoke epoch is cheap)
+    # nnUNetv2_train resolves our trainer by name: --val (nnU-Net's validation of a trained fold, here a copy of the
+    # smoke model) goes through the same lookup as training, without training again
     bin_dir = py.parent
-    train = _sh([bin_dir / "nnUNetv2_train", tiny_workspace.dataset_id, "2d", "1", "-tr", SMOKE_TRAINER,
-                 "-device", "cpu"], dict(env, nnUNet_n_proc_DA="0", nnUNet_results=str(tmp_path / "results")))
+    results = tmp_path / "results"
+    copied = results / smoke_model.parent.name / smoke_model.name
+    shutil.copytree(smoke_model, copied, ignore=shutil.ignore_patterns("validation"))
+    train = _sh([bin_dir / "nnUNetv2_train", tiny_workspace.dataset_id, "2d", "0", "-tr", SMOKE_TRAINER,
+                 "-device", "cpu", "--val"], dict(env, nnUNet_n_proc_DA="0", nnUNet_results=str(results)))
     assert f"Using trainer '{SMOKE_TRAINER}' from: {expected_folder}" in train.stdout
+    assert (copied / "fold_0" / "validation" / "summary.json").is_file()
 
     # both predict commands resolve it from the checkpoint's trainer_name
     images = tiny_workspace.dataset_dir / "imagesTs"

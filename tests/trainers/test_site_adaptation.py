@@ -23,6 +23,7 @@ from nnunet_ext.trainers.site_adaptation import (
     nnUNetTrainerMMTL,
     nnUNetTrainerOCTL,
     nnUNetTrainerOCTL_Adam,
+    nnUNetTrainerSpotTUNet,
 )
 from nnunet_ext.trainers.toolkit import unwrap
 from nnunet_ext.utils.checkpoint_io import load_checkpoint_safely
@@ -199,3 +200,53 @@ def test_supervised_and_unsupervised_trainers_refuse_the_other_kind_of_fold(scan
     aiva = make_trainer(nnUNetTrainerAIVA, scanners_workspace, monkeypatch, tmp_path / "b", fold=adaptation_fold.fold)
     with pytest.raises(ValueError, match="needs an unlabelled fold"):
         aiva.initialize()
+
+
+def test_resumed_mmtl_and_aiva_continue_their_schedule_and_lambda(started, adaptation_fold, unlabelled_fold,
+                                                                  scanners_workspace, monkeypatch, tmp_path):
+    """``--c``: MMTL's target share continues from the checkpoint's epoch (not from 0); AIVA keeps its lambda."""
+    for cls, fold in ((nnUNetTrainerMMTL, adaptation_fold), (nnUNetTrainerAIVA, unlabelled_fold)):
+        trainer = started(cls, epochs=2, iterations=4, fold=fold)
+        if cls is nnUNetTrainerAIVA:
+            trainer.aiva_embedding_batches, trainer.aiva_clusters = 3, 4
+            trainer.on_epoch_start()
+        trainer.current_epoch = 1
+        path = Path(trainer.output_folder) / "checkpoint_test.pth"
+        trainer.save_checkpoint(str(path))
+        resumed = make_trainer(cls, scanners_workspace, monkeypatch, tmp_path / f"resumed_{cls.__name__}", 2, 4,
+                               fold=fold.fold)
+        resumed.load_checkpoint(str(path))
+        resumed.on_train_start()
+        try:
+            assert resumed.current_epoch == 2  # nnU-Net stores epoch + 1
+            if cls is nnUNetTrainerMMTL:
+                resumed.current_epoch = 1  # the first step after a resume at epoch 1
+                resumed.on_train_epoch_start()
+                resumed.train_step(next(resumed.dataloader_train))
+                assert resumed._target_counts == [mmtl_target_count(4, 8, resumed.batch_size)] != [0]
+            else:
+                assert resumed._aiva_lambda == trainer._aiva_lambda > 0
+        finally:
+            resumed.on_train_end()
+
+
+def test_spottune_starts_both_copies_from_the_source_and_trains_only_tuned_copies_and_policy(started,
+                                                                                             adaptation_fold):
+    trainer = started(nnUNetTrainerSpotTUNet)
+    network = unwrap(trainer.network)
+    source = _source(adaptation_fold)["network_weights"]
+    own = network.state_dict()
+    for key in own:
+        if not key.startswith("policy."):
+            plain = key[len("unet."):].replace(".tuned.", ".").replace(".frozen.", ".")
+            assert torch.equal(own[key], source[plain])
+    before = {k: v.clone() for k, v in own.items()}
+    _step(trainer, 2)
+    after = network.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert any(".tuned." in k for k in changed) and any(k.startswith("policy.") for k in changed)
+    assert not any(".frozen." in k for k in changed)
+    penalty = trainer.regularization_loss(None, None).item()
+    assert penalty == pytest.approx(trainer.spottune_lambda * (1 - network.last_gates).sum(1).mean().item())
+    shares = trainer.epoch_log_values()["frozen_share"]
+    assert set(shares) == set(network.layer_names) and all(0.0 <= v <= 1.0 for v in shares.values())
