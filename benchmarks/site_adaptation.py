@@ -182,21 +182,23 @@ def _figure(r: dict, path: Path) -> None:
     default_style()
     ns = list(r["table"]["labelled"])
     rows = list(dict.fromkeys(row for n in ns for row in r["table"]["labelled"][n]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colours = plt.get_cmap("tab20")(range(len(rows)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
     for ax, key, title in ((axes[0], "target", f"target scanner {r['target']}"),
                            (axes[1], "source", f"source scanner {', '.join(r['source_domains'])} (forgetting)")):
         width = 0.8 / len(rows)
         for i, row in enumerate(rows):
             means = [(r["table"]["labelled"][n].get(row, {}).get(key) or {}).get("mean") or 0 for n in ns]
             label = row.replace("nnUNetTrainer", "") or "stock"
-            ax.bar([k + i * width for k in range(len(ns))], means, width, label=label)
+            ax.bar([k + i * width for k in range(len(ns))], means, width, label=label, color=colours[i])
         base = r["table"]["no adaptation"]["nnUNetTrainer"][key]["mean"]
         if base is not None:
             ax.axhline(base, color="k", ls="--", lw=1, label="stock source model, no adaptation")
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(ns))], [f"N={n}" for n in ns])
         ax.set_title(title)
         ax.set_ylabel("Dice (foreground mean)")
-    axes[1].legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0.5, 0.85)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
