@@ -81,14 +81,18 @@ def scanners_workspace(tmp_path_factory) -> NnunetWorkspace:
 @pytest.fixture(scope="session")
 def scanners_source_model(scanners_workspace) -> Path:
     """Stock nnU-Net (micro budget, seed 0) trained with ``nnUNetv2_train`` on the siemens_3 fold: the source model
-    of the site-adaptation tests (its model folder); reused when the benchmark e2e has trained it already."""
+    of the site-adaptation tests (its model folder). The benchmark e2e (first in the default run) trains the same run
+    in the shared results folder, and then it is used; otherwise it is trained in a results folder of its own, so
+    the benchmark's folder never holds a run it did not train."""
     ws = scanners_workspace
-    model_dir = ws.model_dir(SCANNERS_SOURCE_TRAINER)
-    final = model_dir / f"fold_{SCANNERS_SOURCE_FOLD}" / "checkpoint_final.pth"
-    if not final.is_file():
-        cmd.run_command(cmd.train_argv(ws.dataset_id, "2d", SCANNERS_SOURCE_FOLD, SCANNERS_SOURCE_TRAINER),
-                        dict(ws.env, nnUNet_n_proc_DA="0"), ws.root / "logs" / "train_source.log")
-    assert final.is_file()
+    shared = ws.model_dir(SCANNERS_SOURCE_TRAINER)
+    if (shared / f"fold_{SCANNERS_SOURCE_FOLD}" / "checkpoint_final.pth").is_file():
+        return shared
+    results = ws.root / "source_results"
+    cmd.run_command(cmd.train_argv(ws.dataset_id, "2d", SCANNERS_SOURCE_FOLD, SCANNERS_SOURCE_TRAINER),
+                    dict(ws.env, nnUNet_n_proc_DA="0", nnUNet_results=str(results)), ws.root / "logs" / "source.log")
+    model_dir = results / ws.dataset_dir.name / f"{SCANNERS_SOURCE_TRAINER}__nnUNetPlans__2d"
+    assert (model_dir / f"fold_{SCANNERS_SOURCE_FOLD}" / "checkpoint_final.pth").is_file()
     return model_dir
 
 
