@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from bench_common import machine_facts
 
 from nnunet_ext.adaptation import define_adaptation_fold
-from nnunet_ext.benchmark.matrix import domain_value
+from nnunet_ext.benchmark.matrix import domain_value, stats
+from nnunet_ext.benchmark.report import _fmt
 from nnunet_ext.benchmark.rows import Run, parse_row
 from nnunet_ext.cli.main import main as nnext
 from nnunet_ext.domains import load_domains
@@ -76,11 +76,6 @@ def _values(out: Path, seeds: list[int], fold: str, row: str, domain: str) -> li
     return values
 
 
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values) if values else None,
-            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=int)
@@ -119,8 +114,8 @@ def main() -> None:
     for row in BASELINES:
         fold = str(args.source_fold)
         table["no adaptation"][row] = {
-            "target": _stats(_values(src_out, seeds, fold, row, args.target)),
-            "source": _stats([v for d in source_domains for v in _values(src_out, seeds, fold, row, d)])}
+            "target": stats(_values(src_out, seeds, fold, row, args.target)),
+            "source": stats([v for d in source_domains for v in _values(src_out, seeds, fold, row, d)])}
     costs = {}
     for name, (rows, ns) in parts.items():
         for n in ns:
@@ -129,7 +124,7 @@ def main() -> None:
                 out = args.output / name
                 target = [v for f in folds[n] for v in _values(out, seeds, str(f.fold), row, args.target)]
                 src = [v for f in folds[n] for d in source_domains for v in _values(out, seeds, str(f.fold), row, d)]
-                table["labelled"][n][row] = {"target": _stats(target), "source": _stats(src)}
+                table["labelled"][n][row] = {"target": stats(target), "source": stats(src)}
         if name in results:
             costs.update({row: results[name]["matrix"]["costs"][row]["train_s_per_iteration"] for row in rows})
             stock_cost = results[name]["matrix"]["costs"]["nnUNetTrainer"]["train_s_per_iteration"]
@@ -145,12 +140,6 @@ def main() -> None:
     print((args.output / "site_adaptation.md").read_text())
 
 
-def _fmt(s: dict) -> str:
-    if s["mean"] is None:
-        return "-"
-    return f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if s["sd"] is not None else "")
-
-
 def _markdown(r: dict) -> str:
     ns = list(r["table"]["labelled"])
     head = ["row", *[f"{r['target']}, N={n}" for n in ns], *[f"source after, N={n}" for n in ns],
@@ -161,7 +150,7 @@ def _markdown(r: dict) -> str:
         sources = ", ".join(r["source_domains"])
         lines.append(f"| {row} on {sources} only (no adaptation) | " + " | ".join(cells) + " | - |")
     rows = list(dict.fromkeys(row for n in ns for row in r["table"]["labelled"][n]))
-    empty = {"mean": None, "sd": None, "n": 0}
+    empty = stats([])
     for row in rows:
         cells = [_fmt(r["table"]["labelled"][n].get(row, {}).get("target", empty)) for n in ns]
         cells += [_fmt(r["table"]["labelled"][n].get(row, {}).get("source", empty)) for n in ns]
